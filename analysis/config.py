@@ -1,0 +1,171 @@
+"""Load and validate the pipeline configuration.
+
+The schema (``workflow/schemas/config.schema.yaml``) fixes types, enums, required keys and defaults;
+this module applies it, fills defaults in place, and adds the checks a schema cannot express (names
+that must refer to each other, domains that must exist). Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+from analysis.corpora import catalogue
+from analysis.corpora.m2d2 import available_domains
+from analysis.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SPLITS = ("train", "valid", "test")
+
+
+def _extend_with_defaults(validator_class):
+    """A validator that fills ``default`` values into the instance while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    instance[key] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    """One readable line for a schema violation, naming the key and what was expected."""
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        pieces = []
+        for key in extra:
+            full = _key_path([*error.absolute_path, key])
+            pieces.append(f"unknown key '{full}'{catalogue.did_you_mean(key, allowed)}")
+        return f"{source}: " + "; ".join(pieces)
+    if error.validator == "required":
+        return f"{source}: missing required key under '{where}': {error.message}"
+    if error.validator == "enum":
+        options = ", ".join(repr(v) for v in error.validator_value)
+        return f"{source}: '{where}' is {error.instance!r}; expected one of {options}"
+    if error.validator == "type":
+        return (
+            f"{source}: '{where}' has the wrong type: {error.instance!r} is not "
+            f"of type {error.validator_value!r}"
+        )
+    if error.validator == "propertyNames":
+        return f"{source}: name {error.instance!r} under '{where}' is not allowed: {error.message}"
+    return f"{source}: '{where}': {error.message}"
+
+
+def validate(config: dict, schema: Mapping | None = None, source: str = "config") -> dict:
+    """Validate ``config`` in place against the schema, fill defaults, run cross-checks; return it.
+
+    Raises ConfigError naming the first offending key (all schema errors are listed).
+    """
+    schema = schema if schema is not None else load_schema()
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_describe(e, source) for e in errors))
+    _cross_check(config, source)
+    return config
+
+
+def load(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """Read a YAML config file and validate it (see ``validate``)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return validate(config, load_schema(schema_path), source=str(path))
+
+
+def _cross_check(config: dict, source: str) -> None:
+    demo = config["demo"]
+    m2d2 = config["m2d2"]
+    domains = config["domains"]
+    sampling = config["sampling"]
+
+    if sampling["domain_min_texts"] > sampling["domain_max_texts"]:
+        raise ConfigError(
+            f"{source}: 'sampling.domain_min_texts' ({sampling['domain_min_texts']}) is larger than "
+            f"'sampling.domain_max_texts' ({sampling['domain_max_texts']})"
+        )
+
+    for name, model in config["models"].items():
+        if model["corpus"] not in config["corpora"]:
+            raise ConfigError(
+                f"{source}: 'models.{name}.corpus' is {model['corpus']!r}, which is not a key of "
+                f"'corpora' ({', '.join(sorted(config['corpora']))})"
+            )
+
+    if demo["enabled"]:
+        from analysis.corpora import demo as demo_corpus
+
+        expected_root = str(Path(demo["root"]) / "m2d2")
+        if Path(m2d2["root"]) != Path(expected_root):
+            raise ConfigError(
+                f"{source}: 'm2d2.root' is {m2d2['root']!r} but the demo (demo.enabled) writes its "
+                f"M2D2 tree to {expected_root!r}; set m2d2.root to that or disable the demo"
+            )
+        known, known_what = demo_corpus.DOMAINS, "the demo corpus generator"
+        for key in ("archived_domains",):
+            for name in demo[key]:
+                if name not in known:
+                    raise ConfigError(
+                        f"{source}: 'demo.{key}' names {name!r}, which {known_what} does not "
+                        f"write{catalogue.did_you_mean(name, known)}"
+                    )
+    else:
+        root = Path(m2d2["root"])
+        if root.is_dir():
+            known = available_domains(root)
+            known_what = f"the M2D2 root {str(root)!r}"
+        else:
+            # Not downloaded yet (a dry run on a laptop): check against the release's catalogue.
+            known, known_what = catalogue.M2D2_DOMAINS, "the M2D2 release"
+
+    for key in ("adaptation", "similarity"):
+        for name in domains[key]:
+            if name not in known:
+                raise ConfigError(
+                    f"{source}: 'domains.{key}' names unknown domain {name!r}: not in "
+                    f"{known_what}{catalogue.did_you_mean(name, known)}"
+                )
+
+
+def similarity_domains(config: Mapping) -> list[str]:
+    """Domains compared with the source corpora: the configured list, or the adaptation domains."""
+    return list(config["domains"]["similarity"] or config["domains"]["adaptation"])
+
+
+def all_domains(config: Mapping) -> list[str]:
+    """Every domain the pipeline touches, in config order, without repeats."""
+    return list(dict.fromkeys([*config["domains"]["adaptation"], *similarity_domains(config)]))
+
+
+def domain_portion(config: Mapping, domain: str) -> str:
+    return catalogue.portion(domain, config["domains"]["portions"])

@@ -1,0 +1,45 @@
+"""What every rule script does around its one call: log to the rule's log, report errors in one line.
+
+A script is::
+
+    with rule_log(snakemake.log[0]):
+        some_function(...)
+
+Inside the block stderr and the ``logging`` module write to the log file. A ``PipelineError`` (bad
+input, bad config) is written to the log and to the console as one line naming the path or key, and
+the script exits with status 1; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from analysis.errors import PipelineError
+
+
+@contextlib.contextmanager
+def rule_log(path: str | Path) -> Iterator[None]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = sys.stderr
+    with open(path, "w", encoding="utf-8", buffering=1) as handle:
+        sys.stderr = handle
+        root = logging.getLogger()
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            yield
+        except PipelineError as exc:
+            message = f"ERROR: {exc}"
+            print(message, file=handle)
+            print(message, file=console)
+            raise SystemExit(1) from None
+        finally:
+            root.removeHandler(handler)
+            sys.stderr = console

@@ -1,0 +1,90 @@
+# Config validation, targets, wildcard constraints and input functions shared by all rules.
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+REPO_ROOT = Path(workflow.basedir)
+# Rule scripts import `analysis` from this checkout, also inside per-rule conda environments.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+)
+sys.path.insert(0, str(REPO_ROOT))
+
+from analysis import config as config_lib
+from analysis.corpora import demo as demo_lib
+from analysis.corpora import m2d2 as m2d2_lib
+from analysis.corpora import sources as sources_lib
+from analysis.errors import PipelineError
+
+try:
+    config_lib.validate(
+        config,
+        config_lib.load_schema(workflow.source_path("../schemas/config.schema.yaml")),
+        source=", ".join(map(str, workflow.configfiles)) or "config",
+    )
+except PipelineError as exc:
+    raise WorkflowError(f"invalid configuration:\n{exc}") from None
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+DOMAINS = config_lib.all_domains(config)
+CORPORA = list(config["corpora"])
+DEMO = config["demo"]
+DEMO_OUTPUTS = (
+    demo_lib.output_paths(DEMO["root"], DEMO["archived_domains"])
+    if DEMO["enabled"]
+    else None
+)
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names)
+
+
+wildcard_constraints:
+    domain=_alternatives(DOMAINS),
+    corpus=_alternatives(CORPORA),
+
+
+def sample_targets():
+    return expand(
+        f"{RESULTS}/samples/domains/{{domain}}.{{ext}}", domain=DOMAINS, ext=["parquet", "json"]
+    ) + expand(
+        f"{RESULTS}/samples/sources/{{corpus}}.{{ext}}", corpus=CORPORA, ext=["parquet", "json"]
+    )
+
+
+def all_targets():
+    return sample_targets()
+
+
+def domain_inputs(wildcards):
+    """The split files (or the archive) a domain sample reads."""
+    splits = config["sampling"]["domain_splits"]
+    root = Path(config["m2d2"]["root"])
+    if DEMO_OUTPUTS is not None:
+        archive = str(root / f"{wildcards.domain}.tar.gz")
+        if archive in DEMO_OUTPUTS["archives"]:
+            return [archive]
+        return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
+    try:
+        return [str(p) for p in m2d2_lib.locate_domain(root, wildcards.domain).input_files(splits)]
+    except PipelineError:
+        # Not there (yet): name the expected files so Snakemake reports exactly what is missing.
+        return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
+
+
+def source_inputs(wildcards):
+    """The local files a source-corpus sample reads (none for a hub dataset id)."""
+    spec = config["corpora"][wildcards.corpus]
+    if DEMO_OUTPUTS is not None and spec["path"] in DEMO_OUTPUTS["sources"]:
+        return [spec["path"]]
+    if spec["format"] == "hf":
+        return []
+    try:
+        return [str(p) for p in sources_lib.resolve_files(os.path.expanduser(spec["path"]), spec["format"])]
+    except PipelineError as exc:
+        raise WorkflowError(f"corpora.{wildcards.corpus}.path: {exc}") from None
