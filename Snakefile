@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded demo config, unless the command line names another (--configfile presets/paper.yaml):
+# Snakemake would otherwise merge the two, and the demo's corpora would leak into the preset.
+if not workflow.configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -13,6 +17,6 @@ include: "workflow/rules/corpora.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -69,8 +69,11 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{source}: '{where}' has the wrong type: {error.instance!r} is not "
             f"of type {error.validator_value!r}"
         )
-    if error.validator == "propertyNames":
-        return f"{source}: name {error.instance!r} under '{where}' is not allowed: {error.message}"
+    if "propertyNames" in error.schema_path:
+        return (
+            f"{source}: name {error.instance!r} under '{where}' is not allowed: names are used in "
+            f"file names and may hold only letters, digits, '_', '.' and '-'"
+        )
     return f"{source}: '{where}': {error.message}"
 
 

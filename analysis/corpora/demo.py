@@ -535,7 +535,7 @@ def _write_archive(path: Path, domain: str, texts: Mapping[str, str]) -> None:
             info = tarfile.TarInfo(f"{domain}/{split}.txt")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
-    with atomic_open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+    with atomic_open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         gz.write(buffer.getvalue())
 
 

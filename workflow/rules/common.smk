@@ -7,10 +7,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 REPO_ROOT = Path(workflow.basedir)
-# Rule scripts import `analysis` from this checkout, also inside per-rule conda environments.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-)
+# Rule scripts import `analysis` from this checkout, also inside per-rule conda environments and
+# in cluster jobs (which inherit this environment). Set here, never required from the user.
+_pythonpath = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH", "")])]
+os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, str(REPO_ROOT))
 
 from analysis import config as config_lib
@@ -51,9 +51,13 @@ wildcard_constraints:
 
 def sample_targets():
     return expand(
-        f"{RESULTS}/samples/domains/{{domain}}.{{ext}}", domain=DOMAINS, ext=["parquet", "json"]
+        f"{RESULTS}/samples/domains/{{domain}}.{{ext}}",
+        domain=DOMAINS,
+        ext=["parquet", "json"],
     ) + expand(
-        f"{RESULTS}/samples/sources/{{corpus}}.{{ext}}", corpus=CORPORA, ext=["parquet", "json"]
+        f"{RESULTS}/samples/sources/{{corpus}}.{{ext}}",
+        corpus=CORPORA,
+        ext=["parquet", "json"],
     )
 
 
@@ -71,7 +75,10 @@ def domain_inputs(wildcards):
             return [archive]
         return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
     try:
-        return [str(p) for p in m2d2_lib.locate_domain(root, wildcards.domain).input_files(splits)]
+        return [
+            str(p)
+            for p in m2d2_lib.locate_domain(root, wildcards.domain).input_files(splits)
+        ]
     except PipelineError:
         # Not there (yet): name the expected files so Snakemake reports exactly what is missing.
         return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
@@ -85,6 +92,11 @@ def source_inputs(wildcards):
     if spec["format"] == "hf":
         return []
     try:
-        return [str(p) for p in sources_lib.resolve_files(os.path.expanduser(spec["path"]), spec["format"])]
+        return [
+            str(p)
+            for p in sources_lib.resolve_files(
+                os.path.expanduser(spec["path"]), spec["format"]
+            )
+        ]
     except PipelineError as exc:
         raise WorkflowError(f"corpora.{wildcards.corpus}.path: {exc}") from None

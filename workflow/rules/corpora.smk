@@ -8,16 +8,16 @@ if DEMO["enabled"]:
             sources=DEMO_OUTPUTS["sources"],
             splits=DEMO_OUTPUTS["splits"],
             archives=DEMO_OUTPUTS["archives"],
-        params:
-            root=DEMO["root"],
-            seed=config["seed"],
-            source_documents=DEMO["source_documents"],
-            domain_documents=DEMO["domain_documents"],
-            archived_domains=DEMO["archived_domains"],
         log:
             f"{LOGS}/demo_corpus.log",
         conda:
             "../../envs/corpora.yaml"
+        params:
+            root=lambda wildcards, output: Path(output.sources[0]).parent.parent,
+            seed=config["seed"],
+            source_documents=DEMO["source_documents"],
+            domain_documents=DEMO["domain_documents"],
+            archived_domains=DEMO["archived_domains"],
         script:
             "../scripts/demo_corpus.py"
 
@@ -28,18 +28,18 @@ rule sample_source:
     output:
         parquet=f"{RESULTS}/samples/sources/{{corpus}}.parquet",
         provenance=f"{RESULTS}/samples/sources/{{corpus}}.json",
-    params:
-        spec=lambda wildcards: config["corpora"][wildcards.corpus],
-        seed=config["seed"],
     log:
         f"{LOGS}/sample_source/{{corpus}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample_source/{{corpus}}.tsv"
+    conda:
+        "../../envs/corpora.yaml"
     resources:
         mem_mb=8000,
         runtime=240,
-    conda:
-        "../../envs/corpora.yaml"
+    params:
+        spec=lambda wildcards: config["corpora"][wildcards.corpus],
+        seed=config["seed"],
     script:
         "../scripts/sample_source.py"
 
@@ -50,6 +50,15 @@ rule sample_domain:
     output:
         parquet=f"{RESULTS}/samples/domains/{{domain}}.parquet",
         provenance=f"{RESULTS}/samples/domains/{{domain}}.json",
+    log:
+        f"{LOGS}/sample_domain/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_domain/{{domain}}.tsv"
+    conda:
+        "../../envs/corpora.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         root=config["m2d2"]["root"],
         splits=config["sampling"]["domain_splits"],
@@ -58,14 +67,5 @@ rule sample_domain:
         sampling=config["sampling"],
         portions=config["domains"]["portions"],
         seed=config["seed"],
-    log:
-        f"{LOGS}/sample_domain/{{domain}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/sample_domain/{{domain}}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../../envs/corpora.yaml"
     script:
         "../scripts/sample_domain.py"
