@@ -135,3 +135,15 @@ def test_load_reports_missing_and_malformed_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("seed: [1\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         config_lib.load(tmp_path / "bad.yaml")
+
+
+def test_cli_check_config(capsys, tmp_path):
+    from analysis.cli import main
+
+    assert main(["check-config", str(REPO / "presets" / "paper.yaml"), "--domains"]) == 0
+    out = capsys.readouterr().out
+    assert "domains: 199 (20 adaptation)" in out
+    assert "wiki   adaptation+similarity  General_referece__Further_research_tools_and_topics" in out
+    (tmp_path / "bad.yaml").write_text((REPO / "config.yaml").read_text().replace("n_texts", "n_text"))
+    assert main(["check-config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown key 'corpora.webtext.n_text' (did you mean 'n_texts'" in capsys.readouterr().err

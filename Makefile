@@ -1,0 +1,38 @@
+# Quick start: `make run` (create .venv, install, run the demo DAG), then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format lock clean-results
+
+# torch first and pinned: a loose torch spec pulled in by a dependency would fetch CUDA wheels.
+$(STAMP): pyproject.toml envs/requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r envs/requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores all
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow
+
+format: $(STAMP)
+	$(BIN)/snakefmt Snakefile workflow
+
+# Re-pin envs/requirements.lock from the current environment (after changing pyproject.toml).
+lock: $(STAMP)
+	{ echo '# Pinned by make lock (pip freeze); torch==2.13.0 is installed first, separately.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i "^torch=="; } > envs/requirements.lock
+
+clean-results:
+	rm -rf results/samples results/logs results/benchmarks resources/demo .snakemake

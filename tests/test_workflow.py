@@ -1,0 +1,140 @@
+"""The workflow itself: the demo DAG up to the samples, reruns, bad input, lint and formatting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.builders import REPO
+
+pytestmark = pytest.mark.integration
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command + list(args), capture_output=True, text=True, env=env, timeout=600)
+    result.output = result.stdout + result.stderr  # Snakemake prints errors on either stream
+    return result
+
+
+def small_demo_config(path: Path, **changes) -> Path:
+    """The shipped demo config with a smaller corpus, so the test stays fast."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["demo"].update(source_documents=400, domain_documents={"train": 40, "valid": 5, "test": 5})
+    cfg["corpora"]["webtext"]["n_texts"] = 300
+    cfg["sampling"]["domain_min_texts"] = 100
+    for key, value in changes.items():
+        cfg[key] = value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    configfile = small_demo_config(workdir / "config.yaml")
+    result = snakemake(workdir, configfile=configfile)
+    assert result.returncode == 0, result.output[-4000:]
+    return workdir, configfile
+
+
+def test_demo_dag_produces_every_sample(demo_run):
+    workdir, configfile = demo_run
+    cfg = yaml.safe_load(configfile.read_text())
+    for domain in cfg["domains"]["adaptation"]:
+        table = pq.read_table(workdir / f"results/samples/domains/{domain}.parquet")
+        assert table.num_rows == 100 and set(table.column_names) == {"text", "split", "source_index"}
+        assert (workdir / f"results/samples/domains/{domain}.json").is_file()
+        assert (workdir / f"results/logs/sample_domain/{domain}.log").is_file()
+    assert pq.read_table(workdir / "results/samples/sources/webtext.parquet").num_rows == 300
+    assert (workdir / "resources/demo/m2d2/math.AG.tar.gz").is_file()
+
+
+def test_nothing_reruns_when_up_to_date(demo_run):
+    workdir, configfile = demo_run
+    result = snakemake(workdir, "-n", configfile=configfile)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_recomputed_sample_is_identical(demo_run):
+    workdir, configfile = demo_run
+    target = workdir / "results/samples/domains/hep-ex.parquet"
+    before = pq.read_table(target).to_pydict()
+    target.unlink()
+    result = snakemake(workdir, configfile=configfile)
+    assert result.returncode == 0, result.output[-3000:]
+    assert pq.read_table(target).to_pydict() == before
+    assert "rule sample_domain" in result.output and "rule sample_source" not in result.output
+
+
+def test_bad_config_stops_before_any_job_and_keeps_results(demo_run, tmp_path):
+    workdir, configfile = demo_run
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["sampling"]["domain_fracton"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    existing = sorted((workdir / "results/samples").rglob("*"))
+    result = snakemake(workdir, "--forceall", configfile=bad)
+    assert result.returncode != 0
+    assert f"{bad}: unknown key 'sampling.domain_fracton'" in result.output
+    assert "Traceback" not in result.output
+    assert sorted((workdir / "results/samples").rglob("*")) == existing
+
+
+def test_missing_real_domain_is_named(tmp_path):
+    (tmp_path / "m2d2" / "hep-ex").mkdir(parents=True)
+    (tmp_path / "m2d2" / "hep-ex" / "train.txt").write_text("x\n")
+    (tmp_path / "web.jsonl").write_text('{"text": "a"}\n')
+    cfg = {
+        "seed": 1,
+        "m2d2": {"root": str(tmp_path / "m2d2")},
+        "domains": {"adaptation": ["hep-ex", "hep-lat"]},
+        "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": 1}},
+    }
+    configfile = tmp_path / "real.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "-n", configfile=configfile)
+    assert result.returncode != 0
+    assert f"unknown domain 'hep-lat': not in the M2D2 root '{tmp_path / 'm2d2'}'" in result.output
+
+
+def test_sample_larger_than_corpus_fails_the_job_with_a_clear_message(tmp_path):
+    (tmp_path / "m2d2" / "hep-ex").mkdir(parents=True)
+    (tmp_path / "m2d2" / "hep-ex" / "train.txt").write_text("x\ny\n")
+    (tmp_path / "web.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    cfg = {
+        "seed": 1,
+        "m2d2": {"root": str(tmp_path / "m2d2")},
+        "domains": {"adaptation": ["hep-ex"]},
+        "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": 5}},
+    }
+    configfile = tmp_path / "real.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "--keep-going", configfile=configfile)
+    assert result.returncode != 0
+    assert "has 2 non-empty texts but corpora.web.n_texts asks for 5" in result.output
+    assert (tmp_path / "results/samples/domains/hep-ex.parquet").is_file()  # the other job still ran
+    assert not (tmp_path / "results/samples/sources/web.parquet").exists()
+
+
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, result.stdout
+
+
+def test_rules_are_snakefmt_formatted():
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    assert snakefmt, "snakefmt is a dev dependency"
+    result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
