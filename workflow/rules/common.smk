@@ -100,3 +100,17 @@ def source_inputs(wildcards):
         ]
     except PipelineError as exc:
         raise WorkflowError(f"corpora.{wildcards.corpus}.path: {exc}") from None
+
+
+def sample_domain_mem_mb(wildcards, input):
+    """Peak memory of sample_domain: about 4.6x the split text plus the interpreter
+    (benchmarks/sampling.py); an archive's text is taken as 4x its compressed size."""
+    text_mb = (
+        sum(
+            os.path.getsize(f) * (4 if f.endswith(m2d2_lib.ARCHIVE_SUFFIXES) else 1)
+            for f in input
+            if os.path.exists(f)
+        )
+        / 1e6
+    )
+    return int(1000 + 5 * text_mb)

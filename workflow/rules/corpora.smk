@@ -35,7 +35,8 @@ rule sample_source:
     conda:
         "../../envs/corpora.yaml"
     resources:
-        mem_mb=8000,
+        # The reservoir holds the sample itself: raise this for 1M texts of long documents.
+        mem_mb=16000,
         runtime=240,
     params:
         spec=lambda wildcards: config["corpora"][wildcards.corpus],
@@ -57,7 +58,7 @@ rule sample_domain:
     conda:
         "../../envs/corpora.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=sample_domain_mem_mb,
         runtime=60,
     params:
         root=config["m2d2"]["root"],

@@ -1,0 +1,92 @@
+"""Benchmark the sampling stage: wall time and peak memory against input size.
+
+    .venv/bin/python benchmarks/sampling.py [--mb 150] [--workdir /tmp/bench-sampling]
+
+Writes a synthetic M2D2 domain (directory and .tar.gz form) and a jsonl source corpus of about
+``--mb`` MB each, then runs sample_domain and sample_source, each in a fresh interpreter, and prints
+wall time, peak RSS and peak RSS per input MB. The rule's mem_mb (workflow/rules/common.smk) is
+derived from these ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+CHILD = """
+import json, resource, sys, time
+from analysis.corpora.sampling import sample_domain, sample_source
+kind, root, out = sys.argv[1], sys.argv[2], sys.argv[3]
+start = time.perf_counter()
+if kind == "source":
+    spec = {"format": "jsonl", "path": root, "text_field": "text", "n_texts": 50000}
+    record = sample_source(name="bench", spec=spec, base_seed=1, output=out + ".parquet", provenance=out + ".json", progress=False)
+else:
+    record = sample_domain(root=root, domain=kind, splits=["train"], document_policy="line", fraction=0.05,
+                           max_texts=50000, min_texts=0, base_seed=1, max_invalid_fraction=0.01,
+                           output=out + ".parquet", provenance=out + ".json")
+print(json.dumps({"wall_s": time.perf_counter() - start, "n_available": record["n_available"],
+                  "n_sampled": record["n_sampled"],
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def paragraphs(target_bytes: int, seed: int = 0):
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    written = 0
+    while written < target_bytes:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(20, 90)))
+        written += len(line) + 1
+        yield line
+
+
+def write_inputs(workdir: Path, megabytes: float) -> dict[str, Path]:
+    target = int(megabytes * 1e6)
+    m2d2 = workdir / "m2d2"
+    (m2d2 / "cs.LG").mkdir(parents=True, exist_ok=True)
+    text = "".join(line + "\n" + ("\n" if i % 8 == 7 else "") for i, line in enumerate(paragraphs(target)))
+    (m2d2 / "cs.LG" / "train.txt").write_text(text)
+    data = text.encode()
+    with tarfile.open(m2d2 / "cs.CL.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cs.CL/train.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    source = workdir / "source.jsonl"
+    with open(source, "w") as handle:
+        for line in paragraphs(target, seed=1):
+            handle.write(json.dumps({"text": line}) + "\n")
+    return {"cs.LG": m2d2, "cs.CL": m2d2, "source": source}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=float, default=150)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-sampling"))
+    args = parser.parse_args()
+    inputs = write_inputs(args.workdir, args.mb)
+    sizes = {
+        "cs.LG": (inputs["cs.LG"] / "cs.LG" / "train.txt").stat().st_size,
+        "cs.CL": (inputs["cs.CL"] / "cs.CL.tar.gz").stat().st_size,
+        "source": inputs["source"].stat().st_size,
+    }
+    print(f"{'case':28} {'input_MB':>9} {'texts':>9} {'sampled':>8} {'wall_s':>7} {'peak_MiB':>9} {'MiB/input_MB':>13}")
+    for kind, label in [("cs.LG", "domain (directory)"), ("cs.CL", "domain (tar.gz archive)"), ("source", "source (jsonl, reservoir)")]:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, kind, str(inputs[kind]), str(args.workdir / f"out-{kind}")],
+            capture_output=True, text=True, check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        mb = sizes[kind] / 1e6
+        print(f"{label:28} {mb:9.1f} {r['n_available']:9d} {r['n_sampled']:8d} {r['wall_s']:7.2f} "
+              f"{r['peak_rss_mib']:9.0f} {r['peak_rss_mib'] / mb:13.2f}")
+
+
+if __name__ == "__main__":
+    main()
