@@ -92,36 +92,30 @@ def test_bad_config_stops_before_any_job_and_keeps_results(demo_run, tmp_path):
     assert sorted((workdir / "results/samples").rglob("*")) == existing
 
 
-def test_missing_real_domain_is_named(tmp_path):
-    (tmp_path / "m2d2" / "hep-ex").mkdir(parents=True)
-    (tmp_path / "m2d2" / "hep-ex" / "train.txt").write_text("x\n")
-    (tmp_path / "web.jsonl").write_text('{"text": "a"}\n')
-    cfg = {
-        "seed": 1,
-        "m2d2": {"root": str(tmp_path / "m2d2")},
-        "domains": {"adaptation": ["hep-ex", "hep-lat"]},
-        "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": 1}},
-    }
-    configfile = tmp_path / "real.yaml"
-    configfile.write_text(yaml.safe_dump(cfg))
-    result = snakemake(tmp_path, "-n", configfile=configfile)
-    assert result.returncode != 0
-    assert f"unknown domain 'hep-lat': not in the M2D2 root '{tmp_path / 'm2d2'}'" in result.output
-
-
-def test_sample_larger_than_corpus_fails_the_job_with_a_clear_message(tmp_path):
+def real_data_config(tmp_path: Path, domains: list[str], n_texts: int) -> Path:
+    """A non-demo config over a one-domain M2D2 root (hep-ex, 2 lines) and a 2-text jsonl corpus."""
     (tmp_path / "m2d2" / "hep-ex").mkdir(parents=True)
     (tmp_path / "m2d2" / "hep-ex" / "train.txt").write_text("x\ny\n")
     (tmp_path / "web.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
     cfg = {
         "seed": 1,
         "m2d2": {"root": str(tmp_path / "m2d2")},
-        "domains": {"adaptation": ["hep-ex"]},
-        "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": 5}},
+        "domains": {"adaptation": domains},
+        "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": n_texts}},
     }
     configfile = tmp_path / "real.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    result = snakemake(tmp_path, "--keep-going", configfile=configfile)
+    return configfile
+
+
+def test_missing_real_domain_is_named(tmp_path):
+    result = snakemake(tmp_path, "-n", configfile=real_data_config(tmp_path, ["hep-ex", "hep-lat"], 1))
+    assert result.returncode != 0
+    assert f"unknown domain 'hep-lat': not in the M2D2 root '{tmp_path / 'm2d2'}'" in result.output
+
+
+def test_sample_larger_than_corpus_fails_the_job_with_a_clear_message(tmp_path):
+    result = snakemake(tmp_path, "--keep-going", configfile=real_data_config(tmp_path, ["hep-ex"], 5))
     assert result.returncode != 0
     assert "has 2 non-empty texts but corpora.web.n_texts asks for 5" in result.output
     assert (tmp_path / "results/samples/domains/hep-ex.parquet").is_file()  # the other job still ran
