@@ -14,6 +14,7 @@ if not workflow.configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpora.smk"
+include: "workflow/rules/similarity.smk"
 
 
 rule all:

@@ -40,6 +40,12 @@ def rule_log(path: str | Path) -> Iterator[None]:
             print(message, file=handle)
             print(message, file=console)
             raise SystemExit(1) from None
+        except Exception:
+            # A bug, not bad input: keep the traceback, in the log too.
+            import traceback
+
+            traceback.print_exc(file=handle)
+            raise
         finally:
             root.removeHandler(handler)
             sys.stderr = console

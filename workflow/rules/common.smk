@@ -31,7 +31,9 @@ except PipelineError as exc:
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 DOMAINS = config_lib.all_domains(config)
+SIMILARITY_DOMAINS = config_lib.similarity_domains(config)
 CORPORA = list(config["corpora"])
+SIMILARITY = config["similarity"]
 DEMO = config["demo"]
 DEMO_OUTPUTS = (
     demo_lib.output_paths(DEMO["root"], DEMO["archived_domains"])
@@ -47,6 +49,8 @@ def _alternatives(names):
 wildcard_constraints:
     domain=_alternatives(DOMAINS),
     corpus=_alternatives(CORPORA),
+    kind="sources|domains",
+    name=_alternatives(DOMAINS + CORPORA),
 
 
 def sample_targets():
@@ -61,8 +65,16 @@ def sample_targets():
     )
 
 
+def similarity_targets():
+    return [
+        f"{RESULTS}/tables/similarity.tsv",
+        f"{RESULTS}/tables/similarity.md",
+        *expand(f"{RESULTS}/figures/similarity_{{corpus}}.png", corpus=CORPORA),
+    ]
+
+
 def all_targets():
-    return sample_targets()
+    return sample_targets() + similarity_targets()
 
 
 def domain_inputs(wildcards):

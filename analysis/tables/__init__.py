@@ -1,0 +1,1 @@
+"""Result tables (TSV for machines, Markdown for people) and figures."""

@@ -1,0 +1,50 @@
+"""Writing tables: TSV with full precision and a Markdown rendering of the same rows, atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.io import atomic_path, write_text
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
+    return str(value)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table; floats with 4 significant digits."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + " |"
+    rows = ["| " + " | ".join(_format(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def write_table(frame: pd.DataFrame, tsv: str | Path, markdown: str | Path | None = None, title: str | None = None) -> None:
+    """Write ``frame`` as TSV (full precision) and optionally as Markdown, each atomically."""
+    with atomic_path(tsv) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, float_format="%.10g")
+    if markdown is not None:
+        text = (f"# {title}\n\n" if title else "") + to_markdown(frame)
+        write_text(markdown, text)
+
+
+def save_figure(figure, path: str | Path, dpi: int = 150) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+
+
+def ordered_by_portion(domains: Sequence[str], portions: dict[str, str]) -> list[str]:
+    """Wikipedia domains first, then S2ORC, each in the given order (the paper's figure order)."""
+    return [d for d in domains if portions[d] == "wiki"] + [d for d in domains if portions[d] != "wiki"]
