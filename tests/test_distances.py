@@ -49,6 +49,19 @@ def test_fd_is_finite_and_real_on_rank_deficient_data():
     assert np.isfinite(fd_of(z, y))
 
 
+@pytest.mark.parametrize("singular", ["neither", "corpus", "domain", "both"])
+def test_trace_sqrt_product_agrees_with_the_eigenvalues_of_the_product(singular):
+    """Each path (Cholesky of S_C, Cholesky of S_D, eigendecomposition) gives the same trace."""
+    x, y = gaussian(600, 30, 6), gaussian(700, 30, 7, scale=0.8)
+    if singular in ("corpus", "both"):
+        x[:, 20:] = 0.0
+    if singular in ("domain", "both"):
+        y = y[:12]
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    reference = np.sqrt(np.clip(scipy.linalg.eigvals(s1 @ s2).real, 0.0, None)).sum()
+    assert dist.trace_sqrt_product(s1, s2) == pytest.approx(reference, rel=1e-6)
+
+
 def test_fd_of_a_set_with_itself_is_about_zero():
     x = gaussian(2000, 32, 3)
     assert abs(fd_of(x, x)) < 1e-9 * np.trace(np.cov(x, rowvar=False))

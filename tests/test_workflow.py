@@ -61,6 +61,38 @@ def test_demo_dag_produces_every_sample(demo_run):
     assert (workdir / "resources/demo/m2d2/math.AG.tar.gz").is_file()
 
 
+def test_demo_similarity_wiki_like_domains_are_closer_than_s2orc_like(demo_run):
+    import pandas as pd
+
+    workdir, _ = demo_run
+    table = pd.read_csv(workdir / "results/tables/similarity.tsv", sep="\t")
+    assert len(table) == 8 and set(table["portion"]) == {"wiki", "s2orc"}
+    for measure in ("mmd", "fd"):
+        by_portion = table.groupby("portion")[measure]
+        assert by_portion.max()["wiki"] < by_portion.min()["s2orc"], table[["domain", measure]]
+    assert (workdir / "results/tables/similarity.md").read_text().startswith("# Similarity")
+    assert (workdir / "results/figures/similarity_webtext.png").stat().st_size > 10_000
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run, as {rule: count}."""
+    counts = {}
+    for line in output.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_each_corpus_and_domain_is_embedded_once(demo_run):
+    workdir, configfile = demo_run
+    result = snakemake(workdir, "-n", "--forceall", configfile=configfile)
+    counts = job_counts(result.output)
+    assert counts["embed"] == 1 + 8  # C + D, not C x D
+    assert counts["distance"] == 1 * 8
+
+
 def test_nothing_reruns_when_up_to_date(demo_run):
     workdir, configfile = demo_run
     result = snakemake(workdir, "-n", configfile=configfile)
@@ -76,6 +108,7 @@ def test_recomputed_sample_is_identical(demo_run):
     assert result.returncode == 0, result.output[-3000:]
     assert pq.read_table(target).to_pydict() == before
     assert "rule sample_domain" in result.output and "rule sample_source" not in result.output
+    assert result.output.count("rule embed:") == 1 and result.output.count("rule distance:") == 1
 
 
 def test_bad_config_stops_before_any_job_and_keeps_results(demo_run, tmp_path):

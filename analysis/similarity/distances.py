@@ -4,10 +4,11 @@
 * Fréchet distance (Dowson and Landau 1982):
   ``||mu_C - mu_D||^2 + tr(S_C) + tr(S_D) - 2 tr((S_C S_D)^(1/2))``.
   The trace of the square root is computed without a general (non-symmetric) matrix square root:
-  with ``A = S_C^(1/2)`` from the eigendecomposition of ``S_C``, the eigenvalues of ``S_C S_D`` are
-  those of the symmetric positive semi-definite ``A S_D A``, so
-  ``tr((S_C S_D)^(1/2)) = sum_i sqrt(eig_i(A S_D A))``: real by construction, exact up to rounding,
-  and several times faster than ``scipy.linalg.sqrtm`` (benchmarks/frechet.py).
+  with ``S_C = L L^T`` (Cholesky; or ``L = S_C^(1/2)`` from an eigendecomposition when ``S_C`` is
+  singular), the eigenvalues of ``S_C S_D`` are those of the symmetric positive semi-definite
+  ``L^T S_D L``, so ``tr((S_C S_D)^(1/2)) = sum_i sqrt(eig_i(L^T S_D L))``: real by construction,
+  exact up to rounding, and 8-9x faster than ``scipy.linalg.sqrtm`` at d = 384 and 768
+  (benchmarks/frechet.py).
 
 Everything is float64. Moments are accumulated in chunks of rows read from a memory-mapped ``.npy``,
 so a 930k x 768 corpus is never in memory at once. The same pass keeps per-block sufficient
@@ -112,10 +113,29 @@ def _psd_sqrt(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (vectors * np.sqrt(values)) @ vectors.T, values
 
 
+def _middle(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray | None:
+    """``L^T S_b L`` for the Cholesky factor ``S_a = L L^T``; None when ``S_a`` is not positive definite."""
+    try:
+        factor = np.linalg.cholesky(cov_a)
+    except np.linalg.LinAlgError:
+        return None
+    return factor.T @ cov_b @ factor
+
+
 def trace_sqrt_product(cov_c: np.ndarray, cov_d: np.ndarray) -> float:
-    """``tr((S_C S_D)^(1/2))`` for PSD ``S_C``, ``S_D`` via the eigenvalues of ``S_C^½ S_D S_C^½``."""
-    root_c, _ = _psd_sqrt(cov_c)
-    middle = root_c @ cov_d @ root_c
+    """``tr((S_C S_D)^(1/2))`` for PSD ``S_C``, ``S_D`` from the eigenvalues of a symmetric PSD matrix.
+
+    ``S_C S_D`` is similar to ``L^T S_D L`` (``S_C = L L^T``, Cholesky) and to ``S_C^½ S_D S_C^½``;
+    both are symmetric PSD, so their eigenvalues are real and non-negative up to rounding. Cholesky
+    is tried first on ``S_C``, then on ``S_D`` (the roles are symmetric), and only when both are
+    singular is the eigendecomposition-based ``S_C^½`` used (several times slower).
+    """
+    middle = _middle(cov_c, cov_d)
+    if middle is None:
+        middle = _middle(cov_d, cov_c)
+    if middle is None:
+        root_c, _ = _psd_sqrt(cov_c)
+        middle = root_c @ cov_d @ root_c
     values = np.linalg.eigvalsh((middle + middle.T) / 2)
     return float(np.sqrt(np.clip(values, 0.0, None)).sum())
 
