@@ -15,6 +15,7 @@ if not workflow.configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/corpora.smk"
 include: "workflow/rules/similarity.smk"
+include: "workflow/rules/adaptation.smk"
 
 
 rule all:

@@ -119,6 +119,12 @@ def _cross_check(config: dict, source: str) -> None:
         )
 
     for name, model in config["models"].items():
+        built = f"results/models/{name}/hf"
+        if "pretrain" in model and model["name_or_path"] != built:
+            raise ConfigError(
+                f"{source}: 'models.{name}' has a pretrain section, so rule pretrain_base builds it at "
+                f"{built!r}; set 'models.{name}.name_or_path' to that (it is {model['name_or_path']!r})"
+            )
         if model["corpus"] not in config["corpora"]:
             raise ConfigError(
                 f"{source}: 'models.{name}.corpus' is {model['corpus']!r}, which is not a key of "

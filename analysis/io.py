@@ -35,6 +35,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp_path
+        # mkdtemp makes 0700, and some writers 0600: give the outputs the usual modes.
+        os.chmod(tmp_path, 0o777 & ~_umask())
+        for item in tmp_path.rglob("*"):
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_umask())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file for writing; it replaces ``path`` when the block exits without error."""
     with atomic_path(path) as tmp:

@@ -38,3 +38,32 @@ def write_domain_archive(root: Path, domain: str, splits: dict[str, str], prefix
     return path
 
 
+
+
+def tiny_lm_texts(n: int = 60, seed: int = 0) -> list[str]:
+    """Short, repetitive English-like documents a tiny model learns quickly."""
+    import random
+
+    rng = random.Random(seed)
+    nouns = ["model", "domain", "corpus", "token", "paper", "energy", "field", "river", "city", "law"]
+    verbs = ["measures", "adapts", "reads", "predicts", "explains", "shows"]
+    return [
+        " ".join(f"The {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}." for _ in range(6))
+        for _ in range(n)
+    ]
+
+
+def save_tiny_gpt2(directory: Path, n_layer: int = 2, n_embd: int = 32, context: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised GPT-2 with a BPE tokenizer trained on ``tiny_lm_texts``, in HF format."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from analysis.lm.pretrain import train_tokenizer
+
+    tokenizer = train_tokenizer(tiny_lm_texts(), vocab_size=300)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=context, n_embd=n_embd, n_layer=n_layer,
+                        n_head=2, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -34,6 +34,11 @@ def small_demo_config(path: Path, **changes) -> Path:
     cfg["demo"].update(source_documents=400, domain_documents={"train": 40, "valid": 5, "test": 5})
     cfg["corpora"]["webtext"]["n_texts"] = 300
     cfg["sampling"]["domain_min_texts"] = 100
+    model = cfg["models"]["tiny-gpt2"]
+    model.update(context_length=32, micro_batch_size=4)
+    model["pretrain"].update(n_layer=1, n_embd=32, n_head=2, vocab_size=400, micro_batch_size=8)
+    cfg["adaptation"].update(modes=["full", "sparse"], curve_points=3, curve_max_blocks=4,
+                             schemes={"sparse": {"n_bias_update": 1, "weight_update": {"-1.mlp.c_fc": 0.25}}})
     for key, value in changes.items():
         cfg[key] = value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -34,6 +34,11 @@ DOMAINS = config_lib.all_domains(config)
 SIMILARITY_DOMAINS = config_lib.similarity_domains(config)
 CORPORA = list(config["corpora"])
 SIMILARITY = config["similarity"]
+MODELS = list(config["models"])
+PRETRAINED = [name for name, spec in config["models"].items() if "pretrain" in spec]
+ADAPTATION = config["adaptation"]
+MODES = ADAPTATION["modes"]
+ADAPTATION_DOMAINS = list(config["domains"]["adaptation"])
 DEMO = config["demo"]
 DEMO_OUTPUTS = (
     demo_lib.output_paths(DEMO["root"], DEMO["archived_domains"])
@@ -50,6 +55,8 @@ wildcard_constraints:
     domain=_alternatives(DOMAINS),
     corpus=_alternatives(CORPORA),
     kind="sources|domains",
+    model=_alternatives(MODELS) if MODELS else "(?!)",
+    mode=_alternatives(MODES),
     name=_alternatives(DOMAINS + CORPORA),
 
 
@@ -73,32 +80,93 @@ def similarity_targets():
     ]
 
 
+def adaptation_targets():
+    return expand(
+        f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",
+        model=MODELS,
+        mode=MODES,
+        domain=ADAPTATION_DOMAINS,
+    )
+
+
 def all_targets():
-    return sample_targets() + similarity_targets()
+    return sample_targets() + similarity_targets() + adaptation_targets()
+
+
+def model_inputs(wildcards):
+    """The model directory a job loads, when the pipeline builds it (pretrain_base)."""
+    if wildcards.model in PRETRAINED:
+        return [f"{RESULTS}/models/{wildcards.model}/metrics.json"]
+    return []
+
+
+def adapt_spec(wildcards, output, threads):
+    """The adapt job's arguments, one shell-quoted JSON word (the deepspeed launcher passes it on)."""
+    import json
+    import shlex
+
+    spec = {
+        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.mode}/{wildcards.domain}.log",
+        "model_key": wildcards.model,
+        "model_spec": config["models"][wildcards.model],
+        "mode": wildcards.mode,
+        "scheme_options": ADAPTATION["schemes"],
+        "domain": wildcards.domain,
+        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{wildcards.domain}.npz",
+        "output_dir": str(Path(output.metrics).parent),
+        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.mode}/{wildcards.domain}",
+        "adaptation": {
+            k: ADAPTATION[k]
+            for k in (
+                "curve_points",
+                "curve_max_blocks",
+                "seen_first_fraction",
+                "checkpoint_every",
+            )
+        },
+        "seed": config["seed"],
+        "threads": threads,
+    }
+    return shlex.quote(json.dumps(spec))
+
+
+def launcher(gpus):
+    """One process, or `deepspeed --num_gpus N` for multi-GPU jobs."""
+    script = workflow.source_path("../scripts/adapt.py")
+    if gpus > 1:
+        return f"deepspeed --num_gpus {gpus} {script}"
+    return f"{sys.executable} {script}"
+
+
+def domain_files(domain, splits):
+    """The split files (or the archive) of a domain that a job reads."""
+    root = Path(config["m2d2"]["root"])
+    if DEMO_OUTPUTS is not None:
+        archive = str(root / f"{domain}.tar.gz")
+        if archive in DEMO_OUTPUTS["archives"]:
+            return [archive]
+        return [str(root / domain / f"{split}.txt") for split in splits]
+    try:
+        return [
+            str(p) for p in m2d2_lib.locate_domain(root, domain).input_files(splits)
+        ]
+    except PipelineError:
+        # Not there (yet): name the expected files so Snakemake reports exactly what is missing.
+        return [str(root / domain / f"{split}.txt") for split in splits]
 
 
 def domain_inputs(wildcards):
     """The split files (or the archive) a domain sample reads."""
-    splits = config["sampling"]["domain_splits"]
-    root = Path(config["m2d2"]["root"])
-    if DEMO_OUTPUTS is not None:
-        archive = str(root / f"{wildcards.domain}.tar.gz")
-        if archive in DEMO_OUTPUTS["archives"]:
-            return [archive]
-        return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
-    try:
-        return [
-            str(p)
-            for p in m2d2_lib.locate_domain(root, wildcards.domain).input_files(splits)
-        ]
-    except PipelineError:
-        # Not there (yet): name the expected files so Snakemake reports exactly what is missing.
-        return [str(root / wildcards.domain / f"{split}.txt") for split in splits]
+    return domain_files(wildcards.domain, config["sampling"]["domain_splits"])
 
 
 def source_inputs(wildcards):
     """The local files a source-corpus sample reads (none for a hub dataset id)."""
-    spec = config["corpora"][wildcards.corpus]
+    return corpus_files(wildcards.corpus)
+
+
+def corpus_files(corpus):
+    spec = config["corpora"][corpus]
     if DEMO_OUTPUTS is not None and spec["path"] in DEMO_OUTPUTS["sources"]:
         return [spec["path"]]
     if spec["format"] == "hf":
@@ -111,7 +179,7 @@ def source_inputs(wildcards):
             )
         ]
     except PipelineError as exc:
-        raise WorkflowError(f"corpora.{wildcards.corpus}.path: {exc}") from None
+        raise WorkflowError(f"corpora.{corpus}.path: {exc}") from None
 
 
 def sample_domain_mem_mb(wildcards, input):

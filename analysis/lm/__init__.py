@@ -1,0 +1,1 @@
+"""Language models: loading, tokenising and packing, the training loop, perplexity."""

@@ -1,0 +1,191 @@
+"""Rule adapt: one epoch of continued pretraining of one model on one domain in one mode.
+
+Outputs, in ``results/adapted/<model>/<mode>/<domain>/``:
+
+* ``weights/``: for ``full`` the adapted model (and tokenizer) in HF format; for the other modes only
+  ``delta.safetensors``, the parameters the scheme changed at their adapted values (LoRA and partial
+  updates folded into the weights they modify), applied with ``apply_delta``;
+* ``curves.tsv`` and ``curves.png``: validation, test and seen-first train loss along the epoch;
+* ``memory.json``: bytes saved for backward (by kind of operation), trainable, gradient and
+  optimizer-state bytes, GPU peak;
+* ``metrics.json``: tokens seen and dropped, steps, wall time, tokens/s, the scheme and settings;
+* ``deepspeed_config.json``: the DeepSpeed config the engine ran with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from analysis.errors import PipelineError
+from analysis.io import atomic_dir, derive_seed, write_json
+
+log = logging.getLogger(__name__)
+
+
+def eval_sets(splits: Mapping[str, np.ndarray], order: np.ndarray, max_blocks: int, seen_first_fraction: float) -> dict:
+    """Blocks scored along the curve: valid, test, and the train blocks the epoch visits first."""
+    first = order[: max(1, math.ceil(seen_first_fraction * len(order)))][:max_blocks]
+    sets = {"train_first": splits["train"][np.sort(first)]}
+    for name in ("valid", "test"):
+        if len(splits[name]):
+            sets[name] = splits[name][:max_blocks]
+    return sets
+
+
+def save_delta(model, names: list[str], directory: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise PipelineError(f"delta names {missing[:3]} are not parameters of the merged model (a bug)")
+    save_file({n: state[n].detach().contiguous().cpu() for n in names}, str(directory / "delta.safetensors"),
+              metadata={"json": json.dumps(metadata)})
+
+
+def apply_delta(model, delta_dir: str | Path):
+    """Load ``delta.safetensors`` into a base model (in place); returns the model."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(delta_dir) / "delta.safetensors"))
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise PipelineError(f"{delta_dir}: delta keys not in the model: {result.unexpected_keys[:3]}")
+    return model
+
+
+def curves_figure(curves: list[dict], title: str, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.tables.common import save_figure
+
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    fractions = [row["epoch_fraction"] for row in curves]
+    labels = {"valid_loss": "validation", "test_loss": "test", "train_first_loss": "train, seen first"}
+    for key, label in labels.items():
+        if key in curves[0]:
+            axis.plot(fractions, [row[key] for row in curves], marker="o", label=label)
+    axis.set_xlabel("fraction of the epoch")
+    axis.set_ylabel("loss (nats per token)")
+    axis.set_title(title, fontsize=9)
+    axis.legend()
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def adapt(
+    *,
+    model_key: str,
+    model_spec: Mapping,
+    mode: str,
+    scheme_options: Mapping,
+    domain: str,
+    tokens: str | Path,
+    output_dir: str | Path,
+    checkpoint_dir: str | Path,
+    adaptation: Mapping,
+    seed: int,
+    threads: int = 2,
+) -> dict:
+    import pandas as pd
+    import torch
+
+    from analysis.lm.data import epoch_order, load_split, pack_blocks
+    from analysis.lm.models import load_causal_lm, load_tokenizer
+    from analysis.lm.train import TrainSettings, resolve_precision, train
+    from analysis.selection.schemes import Scheme, apply_scheme, merged_model, touched_parameters, trainable_summary
+
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    scheme = Scheme.from_config(mode, scheme_options)
+    block_size = model_spec["context_length"]
+    splits, dropped = {}, {}
+    for split in ("train", "valid", "test"):
+        stream = load_split(tokens, split)
+        splits[split], dropped[split] = pack_blocks(stream, block_size)
+    if len(splits["train"]) == 0:
+        raise PipelineError(
+            f"domain {domain!r}: its train split has {dropped['train']} tokens, fewer than one block of "
+            f"models.{model_key}.context_length = {block_size}"
+        )
+    # One order per (model, domain), shared by every mode, so modes differ only in what they train.
+    order = epoch_order(len(splits["train"]), derive_seed(seed, "order", model_key, domain))
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(model_spec["dtype"], device)
+    settings = TrainSettings(
+        learning_rate=model_spec["learning_rate"], weight_decay=model_spec["weight_decay"],
+        warmup_fraction=model_spec["warmup_fraction"], schedule=model_spec["schedule"],
+        micro_batch_size=model_spec["micro_batch_size"],
+        gradient_accumulation_steps=model_spec["gradient_accumulation_steps"],
+        gradient_clipping=model_spec["gradient_clipping"], zero_stage=model_spec["zero_stage"],
+        precision=precision, eval_batch_size=model_spec["eval_batch_size"],
+        curve_points=adaptation["curve_points"], checkpoint_every=adaptation["checkpoint_every"],
+        seed=derive_seed(seed, "steps", model_key, domain),
+    )
+    model = load_causal_lm(model_spec["name_or_path"], dtype="float32")
+    model = apply_scheme(model, scheme)
+    touched = touched_parameters(model)
+    summary = trainable_summary(model)
+    log.info("%s / %s / %s: %d of %d parameters trainable (%.3f%%)", model_key, mode, domain,
+             summary["trainable_parameters"], summary["total_parameters"], 100 * summary["trainable_fraction"])
+    fingerprint = hashlib.sha256(json.dumps(
+        [model_spec, mode, scheme.describe(), domain, dict(adaptation), seed,
+         Path(tokens).stat().st_size], sort_keys=True, default=str).encode()).hexdigest()
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = train(
+        model, splits["train"], order,
+        eval_sets(splits, order, adaptation["curve_max_blocks"], adaptation["seen_first_fraction"]),
+        settings, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+        output_config=output_dir / "deepspeed_config.json",
+    )
+
+    trained = merged_model(result.pop("module"))
+    with atomic_dir(output_dir / "weights") as tmp:
+        if mode == "full":
+            trained.save_pretrained(tmp)
+            load_tokenizer(model_spec["name_or_path"]).save_pretrained(tmp)
+        else:
+            save_delta(trained, touched, tmp, {"base": model_spec["name_or_path"], "mode": mode,
+                                               "scheme": scheme.describe()})
+    curves = result.pop("curves")
+    pd_curves = pd.DataFrame(curves)
+    from analysis.tables.common import write_table
+
+    write_table(pd_curves, output_dir / "curves.tsv")
+    curves_figure(curves, f"{model_key}, {mode}, {domain}", output_dir / "curves.png")
+    memory = {"model": model_key, "mode": mode, "domain": domain, **result.pop("memory"),
+              "trainable_fraction": summary["trainable_fraction"]}
+    write_json(output_dir / "memory.json", memory)
+    metrics = {
+        "model": model_key, "mode": mode, "domain": domain, "base": model_spec["name_or_path"],
+        "scheme": scheme.describe(), "delta_parameters": touched if mode != "full" else "all",
+        **{k: v for k, v in result.items() if k not in ("deepspeed_config",)},
+        "tokens_in_split": {s: int(splits[s].size + dropped[s]) for s in splits},
+        "tokens_dropped_tail": dropped,
+        "tokens_dropped_last_step": int(result["blocks_dropped"] * block_size),
+        "precision": precision,
+        "seconds": time.perf_counter() - start,
+        "final": curves[-1],
+        "initial": curves[0],
+    }
+    write_json(output_dir / "metrics.json", metrics)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("done: %d steps, %d tokens, %.0f tokens/s; valid loss %.4f -> %.4f", result["steps"],
+             result["tokens_trained"], result["tokens_per_second"], curves[0].get("valid_loss", float("nan")),
+             curves[-1].get("valid_loss", float("nan")))
+    return metrics

@@ -1,0 +1,182 @@
+"""The LM path: loading, tokenising and packing, the DeepSpeed loop with resume, the adapt stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file, load_file
+
+from analysis.errors import PipelineError
+from analysis.lm import data
+from analysis.lm.adapt import adapt, apply_delta
+from analysis.lm.models import ModelLoadError, load_causal_lm, load_tokenizer
+from analysis.lm.train import TrainingInterrupted, TrainSettings, curve_steps, lr_lambda, train
+from analysis.selection.schemes import Scheme, apply_scheme
+from tests.builders import save_tiny_gpt2, tiny_lm_texts, write_domain_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+def test_documents_are_followed_by_eos_and_packed_without_overlap(tiny_model):
+    tokenizer = load_tokenizer(str(tiny_model))
+    docs = ["The model reads the corpus.", "The city shows the river."]
+    stream, starts = data.tokenize_documents(tokenizer, docs, batch_size=1)
+    first = tokenizer(docs[0], add_special_tokens=False)["input_ids"]
+    assert list(stream[: len(first) + 1]) == [*first, tokenizer.eos_token_id]
+    assert list(starts) == [0, len(first) + 1] and stream[-1] == tokenizer.eos_token_id
+    blocks, dropped = data.pack_blocks(stream, 4)
+    assert blocks.shape == (len(stream) // 4, 4) and dropped == len(stream) % 4
+    assert np.array_equal(blocks.ravel(), stream[: blocks.size])
+    assert np.array_equal(data.epoch_order(10, 3), data.epoch_order(10, 3))
+    assert sorted(data.epoch_order(10, 3)) == list(range(10))
+
+
+def test_old_olmo_format_is_refused_with_the_right_id():
+    with pytest.raises(ModelLoadError, match="use 'allenai/OLMo-1B-hf'"):
+        load_causal_lm("allenai/OLMo-1B")
+
+
+def test_unavailable_hub_model_says_how_to_download():
+    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    code = (
+        "from analysis.lm.models import load_causal_lm\n"
+        "try:\n    load_causal_lm('no-such-org/no-such-model')\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.startswith("ModelLoadError cannot load causal LM 'no-such-org/no-such-model'")
+    assert "hf download no-such-org/no-such-model --local-dir" in result.stdout
+
+
+def test_checkpoint_with_missing_weights_is_refused(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    del weights["transformer.h.0.mlp.c_fc.weight"]
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="would be random"):
+        load_causal_lm(str(broken))
+
+
+def test_schedule_and_curve_points():
+    assert curve_steps(10, 5) == [0, 2, 5, 8, 10] and curve_steps(3, 5) == [0, 1, 2, 3]
+    factor = lr_lambda(10, 0.2, "linear")
+    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert lr_lambda(10, 0.0, "cosine")(5) == pytest.approx(0.5)
+
+
+def run(model_dir, mode, checkpoint_dir, **kwargs):
+    model = apply_scheme(load_causal_lm(str(model_dir)),
+                         Scheme.from_config(mode, {"sparse": {"n_bias_update": 1,
+                                                              "weight_update": {"-1.mlp.c_fc": 0.5}}}))
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 200, (44, 16))
+    settings = TrainSettings(learning_rate=1e-3, micro_batch_size=2, gradient_accumulation_steps=2,
+                             curve_points=3, checkpoint_every=3, seed=5)
+    return train(model, blocks, rng.permutation(44), {"valid": blocks[:4]}, settings,
+                 checkpoint_dir=checkpoint_dir, fingerprint=mode, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["full", "sparse"])
+def test_a_killed_run_resumes_to_the_same_result(tiny_model, tmp_path, mode):
+    uninterrupted = run(tiny_model, mode, tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        run(tiny_model, mode, tmp_path / "b", stop_after=7)  # last checkpoint at step 6
+    resumed = run(tiny_model, mode, tmp_path / "b")
+    assert resumed["steps"] == uninterrupted["steps"] == 11 and resumed["blocks_dropped"] == 0
+    a, b = dict(uninterrupted["module"].named_parameters()), dict(resumed["module"].named_parameters())
+    assert max(float((a[k] - b[k]).detach().abs().max()) for k in a) < 1e-6
+    assert [r["step"] for r in resumed["curves"]] == [0, 6, 11]
+    assert resumed["curves"][-1]["valid_loss"] == pytest.approx(uninterrupted["curves"][-1]["valid_loss"], rel=1e-6)
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tiny_model, tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        run(tiny_model, "full", tmp_path / "c", stop_after=4)
+    (tmp_path / "c" / "fingerprint.json").write_text(json.dumps({"fingerprint": "other"}))
+    result = run(tiny_model, "full", tmp_path / "c")
+    assert [r["step"] for r in result["curves"]] == [0, 6, 11]
+
+
+def test_too_few_blocks_for_one_step_is_an_error(tiny_model, tmp_path):
+    model = load_causal_lm(str(tiny_model))
+    settings = TrainSettings(learning_rate=1e-3, micro_batch_size=4)
+    with pytest.raises(PipelineError, match="3 blocks are fewer than one optimizer step of 4"):
+        train(model, np.zeros((3, 8), dtype=np.int64), np.arange(3), {}, settings,
+              checkpoint_dir=tmp_path / "x", fingerprint="x", progress=False)
+
+
+MODEL_SPEC = {"learning_rate": 2e-3, "context_length": 16, "dtype": "auto", "micro_batch_size": 4,
+              "gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_fraction": 0.0,
+              "schedule": "linear", "gradient_clipping": 1.0, "zero_stage": 0, "eval_batch_size": 8}
+ADAPTATION = {"curve_points": 3, "curve_max_blocks": 8, "seen_first_fraction": 0.03, "checkpoint_every": 0}
+
+
+@pytest.fixture(scope="module")
+def domain_tokens(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("m2d2")
+    texts = tiny_lm_texts(80, seed=1)
+    write_domain_dir(root, "hep-ex", {"train": "\n".join(texts[:60]), "valid": "\n".join(texts[60:70]),
+                                      "test": "\n".join(texts[70:])})
+    out = root / "tokens.npz"
+    data.tokenize_domain(model_name=str(tiny_model), m2d2_root=str(root), domain="hep-ex", policy="line",
+                         output=out, metadata=root / "tokens.json")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["full", "bias", "last", "norm_last", "lora", "sparse"])
+def test_adapt_writes_outputs_and_a_delta_that_reproduces_the_model(tiny_model, domain_tokens, tmp_path, mode):
+    output = tmp_path / "out"
+    spec = {**MODEL_SPEC, "name_or_path": str(tiny_model)}
+    options = {"sparse": {"n_bias_update": 1, "weight_update": {"-1.mlp.c_fc": 0.25}},
+               "lora": {"rank": 2, "target_modules": ["c_attn"]}}
+    metrics = adapt(model_key="tiny", model_spec=spec, mode=mode, scheme_options=options, domain="hep-ex",
+                    tokens=domain_tokens, output_dir=output, checkpoint_dir=tmp_path / "ckpt",
+                    adaptation=ADAPTATION, seed=1)
+    assert metrics["final"]["valid_loss"] < metrics["initial"]["valid_loss"]
+    assert metrics["tokens_trained"] + metrics["tokens_dropped_last_step"] + metrics["tokens_dropped_tail"]["train"] \
+        == metrics["tokens_in_split"]["train"]
+    memory = json.loads((output / "memory.json").read_text())
+    assert memory["saved_for_backward_bytes"] == sum(memory["saved_for_backward_by_kind_bytes"].values()) > 0
+    assert memory["optimizer_state_bytes"] == 2 * memory["trainable_parameter_bytes"]  # AdamW: two moments
+    assert json.loads((output / "deepspeed_config.json").read_text())["train_micro_batch_size_per_gpu"] == 4
+    assert len((output / "curves.tsv").read_text().splitlines()) == 1 + 3
+    assert (output / "curves.png").stat().st_size > 5000
+    assert not (tmp_path / "ckpt").exists()  # checkpoints are removed once the outputs are written
+
+    base = load_causal_lm(str(tiny_model))
+    x = torch.as_tensor(data.load_split(domain_tokens, "valid")[:16], dtype=torch.long).view(1, 16)
+    if mode == "full":
+        adapted = load_causal_lm(str(output / "weights"))
+    else:
+        adapted = apply_delta(load_causal_lm(str(tiny_model)), output / "weights")
+        assert set(load_file(str(output / "weights/delta.safetensors"))) == set(metrics["delta_parameters"])
+    with torch.no_grad():
+        loss_base = base(input_ids=x, labels=x).loss
+        loss_adapted = adapted(input_ids=x, labels=x).loss
+    assert loss_adapted < loss_base
+    curves_last_valid = metrics["final"]["valid_loss"]
+    assert math.isfinite(curves_last_valid)
+
+
+def test_domain_smaller_than_one_block_is_named(tiny_model, tmp_path):
+    write_domain_dir(tmp_path / "m2d2", "hep-ex", {"train": "Short.", "valid": "v", "test": "t"})
+    tokens = tmp_path / "t.npz"
+    data.tokenize_domain(model_name=str(tiny_model), m2d2_root=str(tmp_path / "m2d2"), domain="hep-ex",
+                         policy="line", output=tokens, metadata=tmp_path / "t.json")
+    with pytest.raises(PipelineError, match="fewer than one block of models.tiny.context_length = 16"):
+        adapt(model_key="tiny", model_spec={**MODEL_SPEC, "name_or_path": str(tiny_model)}, mode="full",
+              scheme_options={}, domain="hep-ex", tokens=tokens, output_dir=tmp_path / "o",
+              checkpoint_dir=tmp_path / "c", adaptation=ADAPTATION, seed=1)

@@ -1,0 +1,86 @@
+# Adaptation: the demo base model, tokenised domains, one-epoch DeepSpeed adaptation per mode.
+
+
+rule pretrain_base:
+    input:
+        lambda wildcards: corpus_files(config["models"][wildcards.model]["corpus"]),
+    output:
+        model=directory(f"{RESULTS}/models/{{model}}/hf"),
+        metrics=f"{RESULTS}/models/{{model}}/metrics.json",
+    log:
+        f"{LOGS}/pretrain_base/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_base/{{model}}.tsv"
+    conda:
+        "../../envs/adaptation.yaml"
+    threads: ADAPTATION["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        corpus_spec=lambda wildcards: config["corpora"][
+            config["models"][wildcards.model]["corpus"]
+        ],
+        shape=lambda wildcards: config["models"][wildcards.model]["pretrain"],
+        context_length=lambda wildcards: config["models"][wildcards.model][
+            "context_length"
+        ],
+        checkpoint_dir=lambda wildcards: f"{ADAPTATION['checkpoint_root']}/pretrain_base/{wildcards.model}",
+        seed=config["seed"],
+    script:
+        "../scripts/pretrain_base.py"
+
+
+rule tokenize_domain:
+    input:
+        model=model_inputs,
+        splits=lambda wildcards: domain_files(
+            wildcards.domain, ["train", "valid", "test"]
+        ),
+    output:
+        tokens=f"{RESULTS}/tokens/{{model}}/{{domain}}.npz",
+        metadata=f"{RESULTS}/tokens/{{model}}/{{domain}}.json",
+    log:
+        f"{LOGS}/tokenize_domain/{{model}}/{{domain}}.log",
+    conda:
+        "../../envs/adaptation.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        name_or_path=lambda wildcards: config["models"][wildcards.model]["name_or_path"],
+        root=config["m2d2"]["root"],
+        document_policy=config["m2d2"]["document_policy"],
+        max_invalid_fraction=config["m2d2"]["max_invalid_line_fraction"],
+    script:
+        "../scripts/tokenize_domain.py"
+
+
+rule adapt:
+    input:
+        model=model_inputs,
+        tokens=f"{RESULTS}/tokens/{{model}}/{{domain}}.npz",
+    output:
+        weights=directory(f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/weights"),
+        metrics=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",
+        memory=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/memory.json",
+        curves=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.tsv",
+        figure=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.png",
+        deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/deepspeed_config.json",
+    log:
+        f"{LOGS}/adapt/{{model}}/{{mode}}/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/adapt/{{model}}/{{mode}}/{{domain}}.tsv"
+    retries: ADAPTATION["retries"]
+    conda:
+        "../../envs/adaptation.yaml"
+    threads: ADAPTATION["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=ADAPTATION["gpus"],
+    params:
+        launcher=lambda wildcards, resources: launcher(resources.gpu),
+        spec=lambda wildcards, output, threads: adapt_spec(wildcards, output, threads),
+    shell:
+        "{params.launcher} {params.spec}"
