@@ -35,4 +35,5 @@ lock: $(STAMP)
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i "^torch=="; } > envs/requirements.lock
 
 clean-results:
-	rm -rf results/samples results/logs results/benchmarks resources/demo .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf checkpoints resources/demo .snakemake

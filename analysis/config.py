@@ -118,6 +118,13 @@ def _cross_check(config: dict, source: str) -> None:
             f"'sampling.domain_max_texts' ({sampling['domain_max_texts']})"
         )
 
+    adaptation = config["adaptation"]
+    if "auto_sparse" in adaptation["modes"] and adaptation["schemes"]["auto_sparse"]["budget_mib"] is None:
+        raise ConfigError(
+            f"{source}: 'adaptation.modes' includes auto_sparse, which needs "
+            "'adaptation.schemes.auto_sparse.budget_mib' (the memory budget in MiB)"
+        )
+
     for name, model in config["models"].items():
         built = f"results/models/{name}/hf"
         if "pretrain" in model and model["name_or_path"] != built:

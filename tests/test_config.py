@@ -32,8 +32,28 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     cfg = config_lib.validate(demo())
     assert cfg["m2d2"]["max_invalid_line_fraction"] == 0.01
     assert cfg["corpora"]["webtext"]["hf"]["streaming"] is True
-    assert cfg["models"] == {}
+    model = cfg["models"]["tiny-gpt2"]
+    assert model["name_or_path"] == "results/models/tiny-gpt2/hf" and model["zero_stage"] == 0
+    assert model["pretrain"]["heldout_fraction"] == 0.05 and cfg["adaptation"]["loss"] == "model"
     assert config_lib.similarity_domains(cfg) == cfg["domains"]["adaptation"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["models"]["tiny-gpt2"].update(name_or_path="elsewhere"),
+         "rule pretrain_base builds it at 'results/models/tiny-gpt2/hf'"),
+        (lambda c: c["adaptation"].update(modes=["full", "auto_sparse"]) or c["adaptation"]["schemes"].pop("auto_sparse"),
+         "'adaptation.schemes.auto_sparse.budget_mib'"),
+        (lambda c: c["adaptation"].update(modes=["sideways"]), "sideways"),
+    ],
+)
+def test_bad_adaptation_settings_are_named(change, message):
+    cfg = demo()
+    change(cfg)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(cfg)
+    assert message in str(info.value)
 
 
 def test_paper_preset_matches_the_paper():

@@ -180,3 +180,31 @@ def test_domain_smaller_than_one_block_is_named(tiny_model, tmp_path):
         adapt(model_key="tiny", model_spec={**MODEL_SPEC, "name_or_path": str(tiny_model)}, mode="full",
               scheme_options={}, domain="hep-ex", tokens=tokens, output_dir=tmp_path / "o",
               checkpoint_dir=tmp_path / "c", adaptation=ADAPTATION, seed=1)
+
+
+AUTO = {"auto_sparse": {"ratios": [0.25, 1.0], "search_blocks": 1, "contribution_steps": 2, "population": 6,
+                        "generations": 3}}
+
+
+def test_auto_sparse_chooses_a_scheme_within_the_budget(tiny_model, domain_tokens, tmp_path):
+    spec = {**MODEL_SPEC, "name_or_path": str(tiny_model)}
+    options = {"auto_sparse": {**AUTO["auto_sparse"], "budget_mib": 0.3}}
+    adapt(model_key="tiny", model_spec=spec, mode="auto_sparse", scheme_options=options, domain="hep-ex",
+          tokens=domain_tokens, output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c", adaptation=ADAPTATION, seed=1)
+    record = json.loads((tmp_path / "o" / "scheme.json").read_text())
+    search = record["search"]
+    assert record["scheme"]["mode"] == "sparse"
+    assert search["memory_bytes"] <= 0.3 * 2**20 < max(m["memory_bytes"] for m in search["measured"])
+    assert len(search["contributions"]) == 2 + 4 * 2  # biases of 1..2 blocks; 4 layers x 2 ratios
+    memory = json.loads((tmp_path / "o" / "memory.json").read_text())
+    measured = memory["saved_for_backward_bytes"] + memory["gradient_bytes"] + memory["optimizer_state_bytes"]
+    assert measured == search["memory_bytes"]  # the training run costs what the search measured
+
+
+def test_auto_sparse_budget_below_the_cheapest_scheme_is_named(tiny_model, domain_tokens, tmp_path):
+    spec = {**MODEL_SPEC, "name_or_path": str(tiny_model)}
+    options = {"auto_sparse": {**AUTO["auto_sparse"], "budget_mib": 0.001}}
+    with pytest.raises(PipelineError, match="memory budget 0.00 MiB is below the cheapest sparse scheme"):
+        adapt(model_key="tiny", model_spec=spec, mode="auto_sparse", scheme_options=options, domain="hep-ex",
+              tokens=domain_tokens, output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
+              adaptation=ADAPTATION, seed=1)

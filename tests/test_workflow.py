@@ -22,7 +22,9 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subp
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Without the variables of this process's own (in-process, single-rank) DeepSpeed group.
+    distributed = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in distributed} | {"PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command + list(args), capture_output=True, text=True, env=env, timeout=600)
     result.output = result.stdout + result.stderr  # Snakemake prints errors on either stream
     return result
@@ -77,6 +79,27 @@ def test_demo_similarity_wiki_like_domains_are_closer_than_s2orc_like(demo_run):
         assert by_portion.max()["wiki"] < by_portion.min()["s2orc"], table[["domain", measure]]
     assert (workdir / "results/tables/similarity.md").read_text().startswith("# Similarity")
     assert (workdir / "results/figures/similarity_webtext.png").stat().st_size > 10_000
+
+
+def test_demo_base_model_and_adaptation_in_every_mode(demo_run):
+    import json
+
+    workdir, configfile = demo_run
+    cfg = yaml.safe_load(configfile.read_text())
+    base = json.loads((workdir / "results/models/tiny-gpt2/metrics.json").read_text())
+    assert base["heldout_perplexity"] < base["unigram_perplexity"] / 3  # it learnt its corpus
+    for domain in cfg["domains"]["adaptation"]:
+        memory = {}
+        for mode in ("full", "sparse"):
+            run = workdir / f"results/adapted/tiny-gpt2/{mode}/{domain}"
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert metrics["steps"] > 0 and metrics["final"]["valid_loss"] < metrics["initial"]["valid_loss"]
+            memory[mode] = json.loads((run / "memory.json").read_text())["saved_for_backward_bytes"]
+            assert len((run / "curves.tsv").read_text().splitlines()) == 1 + 3
+        assert memory["sparse"] < memory["full"]
+        assert (workdir / f"results/adapted/tiny-gpt2/full/{domain}/weights/model.safetensors").is_file()
+        assert (workdir / f"results/adapted/tiny-gpt2/sparse/{domain}/weights/delta.safetensors").is_file()
+    assert not any((workdir / "checkpoints").rglob("*.pt"))  # removed once outputs are written
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -9,7 +9,9 @@ Outputs, in ``results/adapted/<model>/<mode>/<domain>/``:
 * ``memory.json``: bytes saved for backward (by kind of operation), trainable, gradient and
   optimizer-state bytes, GPU peak;
 * ``metrics.json``: tokens seen and dropped, steps, wall time, tokens/s, the scheme and settings;
-* ``deepspeed_config.json``: the DeepSpeed config the engine ran with.
+* ``deepspeed_config.json``: the DeepSpeed config the engine ran with;
+* ``scheme.json``: the scheme that was trained; for ``auto_sparse`` also the candidate
+  contributions, the measured memory of every scheme considered and the search history.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def adapt(
 
     start = time.perf_counter()
     torch.set_num_threads(threads)
-    scheme = Scheme.from_config(mode, scheme_options)
+    scheme = None if mode == "auto_sparse" else Scheme.from_config(mode, scheme_options)
     block_size = model_spec["context_length"]
     splits, dropped = {}, {}
     for split in ("train", "valid", "test"):
@@ -133,9 +135,17 @@ def adapt(
         gradient_clipping=model_spec["gradient_clipping"], zero_stage=model_spec["zero_stage"],
         precision=precision, eval_batch_size=model_spec["eval_batch_size"],
         curve_points=adaptation["curve_points"], checkpoint_every=adaptation["checkpoint_every"],
-        seed=derive_seed(seed, "steps", model_key, domain),
+        seed=derive_seed(seed, "steps", model_key, domain), loss=adaptation.get("loss", "model"),
     )
     model = load_causal_lm(model_spec["name_or_path"], dtype="float32")
+    sets = eval_sets(splits, order, adaptation["curve_max_blocks"], adaptation["seen_first_fraction"])
+    search = None
+    if mode == "auto_sparse":
+        from analysis.lm.auto_sparse import choose_scheme
+
+        valid = sets.get("valid", sets["train_first"])
+        scheme, search = choose_scheme(model, splits["train"], order, valid, settings,
+                                       scheme_options["auto_sparse"], derive_seed(seed, "search", model_key, domain))
     model = apply_scheme(model, scheme)
     touched = touched_parameters(model)
     summary = trainable_summary(model)
@@ -147,10 +157,9 @@ def adapt(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / "scheme.json", {"mode": mode, "scheme": scheme.describe(), "search": search})
     result = train(
-        model, splits["train"], order,
-        eval_sets(splits, order, adaptation["curve_max_blocks"], adaptation["seen_first_fraction"]),
-        settings, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
+        model, splits["train"], order, sets, settings, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
         output_config=output_dir / "deepspeed_config.json",
     )
 

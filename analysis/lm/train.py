@@ -5,7 +5,9 @@ base model and for every adaptation mode. The DeepSpeed config is built from pla
 ``deepspeed_config`` and written beside the outputs; after ``initialize`` the engine's batch
 settings are checked against it, so nothing is overridden silently. The optimizer is a torch AdamW
 over the trainable parameters only, handed to DeepSpeed (no fused-kernel compilation), and the
-schedule a LambdaLR (warm-up, then constant, linear or cosine decay to zero).
+schedule a LambdaLR (warm-up, then constant, linear or cosine decay to zero). The loss is the
+model's own next-token loss, or with ``loss="chunked"`` the same loss computed without keeping the
+logits for backward (``analysis.lm.loss``).
 
 Resume: a checkpoint (engine state: trainable weights, optimizer, scheduler; plus the step, the
 curve rows so far and the elapsed time) is written every ``checkpoint_every`` steps, or at every
@@ -31,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from analysis.errors import PipelineError
+from analysis.lm.loss import forward_loss
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class TrainSettings:
     curve_points: int = 5
     checkpoint_every: int = 0
     seed: int = 0
+    loss: str = "model"  # "model": the model's own loss; "chunked": analysis.lm.loss (keeps no logits)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -233,10 +237,10 @@ def train(
             batch = torch.as_tensor(blocks[mine], dtype=torch.long, device=device)
             if state["memory"] is None:
                 with SavedTensorMeter(engine.module) as meter:
-                    loss = engine(input_ids=batch, labels=batch).loss
+                    loss = forward_loss(engine, batch, settings.loss, module=engine.module)
                 saved = meter.result()
             else:
-                loss = engine(input_ids=batch, labels=batch).loss
+                loss = forward_loss(engine, batch, settings.loss, module=engine.module)
             engine.backward(loss)
             engine.step()
         state["train_seconds"] += time.perf_counter() - start
@@ -276,6 +280,7 @@ def _memory_record(engine, optimizer, params, saved: dict, settings: TrainSettin
     inner = getattr(optimizer, "optimizer", optimizer)
     record = {
         "per_micro_batch": {"blocks": settings.micro_batch_size, "block_size": block_size},
+        "loss": settings.loss,
         "saved_for_backward_bytes": saved["saved_bytes"],
         "saved_for_backward_by_kind_bytes": saved["by_kind"],
         "saved_tensors": saved["saved_tensors"],

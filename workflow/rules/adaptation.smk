@@ -67,6 +67,7 @@ rule adapt:
         curves=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.tsv",
         figure=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.png",
         deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/deepspeed_config.json",
+        scheme=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/scheme.json",
     log:
         f"{LOGS}/adapt/{{model}}/{{mode}}/{{domain}}.log",
     benchmark:

@@ -122,6 +122,7 @@ def adapt_spec(wildcards, output, threads):
                 "curve_max_blocks",
                 "seen_first_fraction",
                 "checkpoint_every",
+                "loss",
             )
         },
         "seed": config["seed"],

@@ -1,0 +1,102 @@
+"""Training throughput: the DeepSpeed path (analysis.lm.train.train) against a plain PyTorch loop.
+
+    .venv/bin/python benchmarks/training.py [--steps 60] [--repeats 3] [--mode full]
+
+Same model (the demo GPT-2 shape, random weights), same blocks in the same order, same AdamW,
+schedule and gradient clipping, each with the model's own loss and with adaptation.loss: chunked
+(analysis.lm.loss, which recomputes the logits in backward), so the DeepSpeed overhead and the cost of
+not keeping the logits are told apart; runs are interleaved (plain, deepspeed, plain, ...) and medians of
+tokens/s over the training steps are reported (the DeepSpeed figure is train()'s own train_seconds,
+which includes its first-step memory measurement; evaluation is excluded from both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from analysis.lm.loss import causal_lm_loss
+from analysis.lm.train import TrainSettings, lr_lambda, train
+from analysis.selection.schemes import Scheme, apply_scheme
+
+SHAPE = dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096, n_positions=128)
+
+
+def model_for(mode: str):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**SHAPE, bos_token_id=0, eos_token_id=0))
+    return apply_scheme(model, Scheme.from_config(mode, {}))
+
+
+def plain_loop(blocks: np.ndarray, order: np.ndarray, settings: TrainSettings, mode: str, chunked: bool) -> float:
+    model = model_for(mode)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, foreach=True)
+    steps = len(order) // settings.micro_batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, 0.0, "linear"))
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = torch.as_tensor(blocks[order[step * settings.micro_batch_size:(step + 1) * settings.micro_batch_size]],
+                                dtype=torch.long)
+        loss = causal_lm_loss(model, batch) if chunked else model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.gradient_clipping)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps * settings.micro_batch_size * blocks.shape[1] / (time.perf_counter() - start)
+
+
+def deepspeed_loop(blocks: np.ndarray, order: np.ndarray, settings: TrainSettings, mode: str, chunked: bool) -> float:
+    settings = dataclasses.replace(settings, loss="chunked" if chunked else "model")
+    with tempfile.TemporaryDirectory() as checkpoints:
+        result = train(model_for(mode), blocks, order, {}, settings, checkpoint_dir=checkpoints,
+                       fingerprint="bench", progress=False)
+    return result["tokens_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--mode", default="full")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, SHAPE["vocab_size"], (args.steps * args.micro_batch, SHAPE["n_positions"]))
+    order = rng.permutation(len(blocks))
+    # checkpoint_every larger than the run: no checkpoint is written (the plain loop writes none).
+    settings = TrainSettings(learning_rate=3e-4, micro_batch_size=args.micro_batch, curve_points=2,
+                             checkpoint_every=10 * args.steps)
+    deepspeed_loop(blocks[: 2 * args.micro_batch], order[: 2 * args.micro_batch] % 2, settings, args.mode, False)
+    runs = {"plain PyTorch, model loss": (plain_loop, False), "DeepSpeed train(), model loss": (deepspeed_loop, False),
+            "plain PyTorch, chunked loss": (plain_loop, True), "DeepSpeed train(), chunked loss": (deepspeed_loop, True)}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, (loop, chunked) in runs.items():
+            rates[name].append(loop(blocks, order, settings, args.mode, chunked))
+    print(f"demo GPT-2 shape {SHAPE}, mode {args.mode}, {args.steps} steps of {args.micro_batch} x "
+          f"{SHAPE['n_positions']} tokens, {args.repeats} interleaved repeats, CPU threads 2")
+    for name, values in rates.items():
+        print(f"{name:32s} median {statistics.median(values):8.0f} tokens/s  ({', '.join(f'{v:.0f}' for v in values)})")
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    for loss in ("model", "chunked"):
+        print(f"ratio DeepSpeed / plain, {loss} loss: "
+              f"{median[f'DeepSpeed train(), {loss} loss'] / median[f'plain PyTorch, {loss} loss']:.3f}")
+    print(f"cost of the chunked loss (plain loops): "
+          f"{median['plain PyTorch, chunked loss'] / median['plain PyTorch, model loss']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
