@@ -18,14 +18,18 @@ pytestmark = pytest.mark.integration
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
-    if configfile is not None:
-        command += ["--configfile", str(configfile)]
-    # Without the variables of this process's own (in-process, single-rank) DeepSpeed group.
+def job_environment() -> dict[str, str]:
+    """This environment without the variables of this process's own single-rank DeepSpeed group
+    (set by the in-process training tests): a job inheriting them would reuse a taken port."""
     distributed = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in distributed} | {"PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command + list(args), capture_output=True, text=True, env=env, timeout=600)
+    return {k: v for k, v in os.environ.items() if k not in distributed} | {"PYTHONUNBUFFERED": "1"}
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    if configfile is not None:  # last: --configfile takes every following word as a file
+        command += ["--configfile", str(configfile)]
+    result = subprocess.run(command, capture_output=True, text=True, env=job_environment(), timeout=600)
     result.output = result.stdout + result.stderr  # Snakemake prints errors on either stream
     return result
 
@@ -100,6 +104,45 @@ def test_demo_base_model_and_adaptation_in_every_mode(demo_run):
         assert (workdir / f"results/adapted/tiny-gpt2/full/{domain}/weights/model.safetensors").is_file()
         assert (workdir / f"results/adapted/tiny-gpt2/sparse/{domain}/weights/delta.safetensors").is_file()
     assert not any((workdir / "checkpoints").rglob("*.pt"))  # removed once outputs are written
+
+
+def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_run):
+    """kill -9 of the whole Snakemake process group mid-training, then the usual rerun."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    workdir, demo_configfile = demo_run
+    # Checkpoints every 5 steps (they do not change the arithmetic): the tiny run lasts ~1 s.
+    cfg = yaml.safe_load(demo_configfile.read_text())
+    cfg["adaptation"]["checkpoint_every"] = 5
+    configfile = workdir / "checkpoint_every.yaml"
+    configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    target = "results/adapted/tiny-gpt2/full/hep-ex/metrics.json"  # relative to the workdir, like the rule
+    run = workdir / "results/adapted/tiny-gpt2/full/hep-ex"
+    reference = load_file(str(run / "weights/model.safetensors"))
+    shutil.rmtree(run)
+    checkpoint = workdir / "checkpoints/adapt/tiny-gpt2/full/hep-ex/latest"
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+               target, "--configfile", str(configfile)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=job_environment(),
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    finished = process.poll() is not None
+    if not finished:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not finished and checkpoint.exists(), process.stdout.read().decode()[-3000:]
+    snakemake(workdir, "--unlock", configfile=configfile)
+    result = snakemake(workdir, target, configfile=configfile)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "resumed from checkpoints/adapt/tiny-gpt2/full/hep-ex" in (workdir / "results/logs/adapt/tiny-gpt2/full/hep-ex.log").read_text()
+    resumed = load_file(str(run / "weights/model.safetensors"))
+    assert max(float((resumed[k] - reference[k]).abs().max()) for k in reference) < 1e-5
+    snakemake(workdir, target, configfile=demo_configfile)  # back to the demo's params
 
 
 def job_counts(output: str) -> dict[str, int]:
