@@ -208,3 +208,24 @@ def test_auto_sparse_budget_below_the_cheapest_scheme_is_named(tiny_model, domai
         adapt(model_key="tiny", model_spec=spec, mode="auto_sparse", scheme_options=options, domain="hep-ex",
               tokens=domain_tokens, output_dir=tmp_path / "o", checkpoint_dir=tmp_path / "c",
               adaptation=ADAPTATION, seed=1)
+
+
+def test_two_data_parallel_processes_match_one_with_the_same_global_batch(tiny_model, tmp_path):
+    """What `deepspeed --num_gpus 2` runs, on CPU with gloo: ranks take disjoint micro-batches."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.distributed_worker import train_rank
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    mp.spawn(train_rank, args=(2, free_port(), str(tiny_model), str(tmp_path / "two.pt"), 2, str(tmp_path / "c2")),
+             nprocs=2)
+    mp.spawn(train_rank, args=(1, free_port(), str(tiny_model), str(tmp_path / "one.pt"), 4, str(tmp_path / "c1")),
+             nprocs=1)
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-5

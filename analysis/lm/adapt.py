@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -157,12 +158,16 @@ def adapt(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "scheme.json", {"mode": mode, "scheme": scheme.describe(), "search": search})
+    rank = int(os.environ.get("RANK", "0"))  # under `deepspeed --num_gpus N`, rank 0 writes the outputs
+    if rank == 0:
+        write_json(output_dir / "scheme.json", {"mode": mode, "scheme": scheme.describe(), "search": search})
     result = train(
         model, splits["train"], order, sets, settings, checkpoint_dir=checkpoint_dir, fingerprint=fingerprint,
         output_config=output_dir / "deepspeed_config.json",
     )
 
+    if rank != 0:
+        return {}
     trained = merged_model(result.pop("module"))
     with atomic_dir(output_dir / "weights") as tmp:
         if mode == "full":
