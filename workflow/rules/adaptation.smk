@@ -11,6 +11,8 @@ rule pretrain_base:
         f"{LOGS}/pretrain_base/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_base/{{model}}.tsv"
+    wildcard_constraints:
+        model=_alternatives(PRETRAINED) if PRETRAINED else "(?!)",
     conda:
         "../../envs/adaptation.yaml"
     threads: ADAPTATION["threads"]
