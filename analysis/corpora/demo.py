@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from analysis.io import atomic_open, atomic_path, derive_seed, write_text
+from analysis.io import atomic_open, derive_seed, write_text
 
 log = logging.getLogger(__name__)
 
