@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/corpora.smk"
 include: "workflow/rules/similarity.smk"
 include: "workflow/rules/adaptation.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""The workflow itself: the demo DAG up to the samples, reruns, bad input, lint and formatting."""
+"""The workflow itself: the demo DAG end to end, reruns, the table CLI, the report, bad input, lint."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def small_demo_config(path: Path, **changes) -> Path:
     model["pretrain"].update(n_layer=1, n_embd=32, n_head=2, vocab_size=400, micro_batch_size=8)
     cfg["adaptation"].update(modes=["full", "sparse"], curve_points=3, curve_max_blocks=4,
                              schemes={"sparse": {"n_bias_update": 1, "weight_update": {"-1.mlp.c_fc": 0.25}}})
+    cfg["evaluation"] = {"token_level": {"chunks": 4, "chunk_tokens": 64}}
     for key, value in changes.items():
         cfg[key] = value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -142,7 +143,86 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     assert "resumed from checkpoints/adapt/tiny-gpt2/full/hep-ex" in (workdir / "results/logs/adapt/tiny-gpt2/full/hep-ex.log").read_text()
     resumed = load_file(str(run / "weights/model.safetensors"))
     assert max(float((resumed[k] - reference[k]).abs().max()) for k in reference) < 1e-5
-    snakemake(workdir, target, configfile=demo_configfile)  # back to the demo's params
+    # Back to the demo's params, and everything downstream of the retrained run up to date again.
+    assert snakemake(workdir, configfile=demo_configfile).returncode == 0
+
+
+def test_demo_perplexity_tables_and_figures(demo_run):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    workdir, configfile = demo_run
+    domains = yaml.safe_load(configfile.read_text())["domains"]["adaptation"]
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables/perplexity.tsv", sep="\t")
+    assert len(table) == 2 * len(domains) and set(table["mode"]) == {"full", "sparse"}
+    np.testing.assert_allclose(table["ppl_change"], table["ppl_zero_shot"] - table["ppl_adapted"])
+    assert (table["join_policy"] == "keep").all() and (table["window"] == 32).all()
+    # The S2ORC-like demo domains are far from the base model's corpus: one epoch helps a lot there.
+    assert (table.loc[(table["mode"] == "full") & (table["portion"] == "s2orc"), "ppl_change"] > 0).all()
+    zero = json.loads((results / "eval/tiny-gpt2/zero_shot/hep-ex.json").read_text())
+    tokens = json.loads((results / "tokens/tiny-gpt2/keep/hep-ex.json").read_text())
+    assert zero["tokens"] == tokens["splits"]["test"]["tokens"] and zero["words"] == tokens["splits"]["test"]["words"]
+
+    correlation = pd.read_csv(results / "tables/correlation.tsv", sep="\t")
+    assert set(correlation["portion"]) == {"all", "wiki", "s2orc"} and len(correlation) == 2 * 3
+    overall = correlation[correlation["portion"] == "all"]
+    assert (overall["n"] == len(domains)).all() and overall["pretraining_corpus"].all()
+    assert overall[["spearman_mmd", "pearson_fd_p"]].notna().all().all()
+
+    summary = pd.read_csv(results / "tables/tokens/tiny-gpt2/full/summary.tsv", sep="\t")
+    assert len(summary) == 2 * len(domains) and set(summary["split"]) == {"train", "test"}
+    assert (summary["chunks"] == 4).all()
+    np.testing.assert_allclose(summary["whitespace_share"] + summary["other_share"], 1.0)
+    per_token = pd.read_csv(results / "tables/tokens/tiny-gpt2/sparse/hep-ex.tsv", sep="\t", keep_default_na=False)
+    assert per_token.groupby("split")["change_share"].sum().round(6).eq(1.0).all()
+    for figure in ("perplexity_change", "tokens", "curves"):
+        for mode in ("full", "sparse"):
+            assert (results / f"figures/{figure}_tiny-gpt2_{mode}.png").stat().st_size > 10_000
+
+
+def test_zero_shot_does_not_wait_for_adaptation(demo_run):
+    workdir, configfile = demo_run
+    result = snakemake(workdir, "-n", "--forceall", "results/eval/tiny-gpt2/zero_shot/hep-ex.json",
+                       configfile=configfile)
+    counts = job_counts(result.output)
+    assert counts["zero_shot"] == 1 and "adapt" not in counts and "pretrain_base" in counts
+
+
+def show(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", "show", *args, "--results", str(workdir / "results")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_show_prints_filtered_tables(demo_run):
+    import json
+
+    workdir, _ = demo_run
+    rows = json.loads(show(workdir, "perplexity", "--model", "tiny-gpt2", "--domain", "hep-ex", "--format",
+                           "json").stdout)
+    assert [(r["mode"], r["domain"]) for r in rows] == [("full", "hep-ex"), ("sparse", "hep-ex")]
+    markdown = show(workdir, "correlation", "--mode", "full", "--portion", "all").stdout
+    assert markdown.startswith("| model | mode | corpus |") and len(markdown.splitlines()) == 3
+    tokens = show(workdir, "tokens", "--model", "tiny-gpt2", "--mode", "full", "--domain", "hep-ex", "--split",
+                  "test", "--limit", "5", "--columns", "token,count,change_share", "--format", "tsv").stdout
+    assert tokens.splitlines()[0] == "token\tcount\tchange_share" and len(tokens.splitlines()) == 6
+    missing = show(workdir, "perplexity", "--domain", "hep-lat")
+    assert missing.returncode == 2 and "domain 'hep-lat' is not in table 'perplexity'; it has: " in missing.stderr
+    assert "Traceback" not in missing.stderr
+    absent = show(workdir.parent, "perplexity")
+    assert absent.returncode == 2 and "does not exist: build it first" in absent.stderr
+
+
+def test_report_renders_every_table_and_figure(demo_run):
+    workdir, configfile = demo_run
+    result = snakemake(workdir, "--report", "report.html", configfile=configfile)
+    assert result.returncode == 0, result.output[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("perplexity.tsv", "correlation.tsv", "similarity.tsv", "perplexity_change_tiny-gpt2_full.png",
+                 "tokens_tiny-gpt2_sparse.png", "curves_tiny-gpt2_full.png", "hep-ex.tsv"):
+        assert name in html, name
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 DOCUMENT_POLICIES = ("line", "paragraph")
+#: How a split becomes language-model text: ``keep`` is the split exactly as released (lines joined
+#: with "\n", blank lines kept), the text the M2D2 evaluation script scores; the document policies
+#: make one text per line or paragraph.
+JOIN_POLICIES = ("keep", *DOCUMENT_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -219,3 +223,15 @@ def documents(lines: list[str], policy: str) -> list[str]:
             docs.append("\n".join(current))
         return docs
     raise CorpusError(f"unknown document policy {policy!r}; expected one of {DOCUMENT_POLICIES}")
+
+
+def lm_texts(lines: list[str], policy: str) -> list[str]:
+    """The texts a language model reads from a split's lines under a join policy (``JOIN_POLICIES``).
+
+    ``keep``: one text, the split as released (its trailing newline removed); otherwise ``documents``.
+    """
+    if policy == "keep":
+        return ["\n".join(lines)]
+    if policy in DOCUMENT_POLICIES:
+        return documents(lines, policy)
+    raise CorpusError(f"unknown join policy {policy!r}; expected one of {JOIN_POLICIES}")

@@ -1,6 +1,6 @@
 """The LM data path (as in run_clm.py, split into testable functions).
 
-A split's documents (the M2D2 join policy) are tokenised, each followed by EOS, concatenated into one
+A split's texts (under an M2D2 join policy, ``m2d2.lm_texts``) are tokenised, each followed by EOS, concatenated into one
 token stream, and cut into blocks of the context length; the tail shorter than a block is dropped and
 counted. One epoch visits every block once in a seeded order.
 """
@@ -52,15 +52,18 @@ def tokenize_domain(
     from analysis.lm.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
-    arrays, record = {}, {"model": model_name, "domain": domain, "document_policy": policy,
-                          "eos_token_id": tokenizer.eos_token_id, "splits": {}}
+    arrays, record = {}, {"model": model_name, "domain": domain, "join_policy": policy,
+                          "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+                          "splits": {}}
     for split in m2d2.SPLITS:
         text = m2d2.read_split(m2d2_root, domain, split, max_invalid_fraction)
-        docs = m2d2.documents(text.lines, policy)
+        docs = m2d2.lm_texts(text.lines, policy)
         stream, starts = tokenize_documents(tokenizer, docs)
         arrays[split], arrays[f"{split}_starts"] = stream, starts
         record["splits"][split] = {"source": text.source, "sha256": text.sha256, "documents": len(docs),
                                    "tokens": int(len(stream)), "characters": sum(len(d) for d in docs),
+                                   # Whitespace-separated words of the raw text (word perplexity).
+                                   "words": sum(len(d.split()) for d in docs),
                                    "bytes": sum(len(d.encode("utf-8")) for d in docs)}
         log.info("%s %s: %d documents, %d tokens", domain, split, len(docs), len(stream))
     with atomic_path(output) as tmp:

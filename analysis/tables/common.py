@@ -16,7 +16,7 @@ def _format(value) -> str:
         if math.isnan(value):
             return "nan"
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
-    return str(value)
+    return str(value).replace("|", "\\|")  # a literal pipe would end the cell
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

@@ -13,6 +13,8 @@ rule pretrain_base:
         f"{RESULTS}/benchmarks/pretrain_base/{{model}}.tsv"
     wildcard_constraints:
         model=_alternatives(PRETRAINED) if PRETRAINED else "(?!)",
+    # Every language-model job waits for it: start it before the similarity jobs.
+    priority: 50
     conda:
         "../../envs/adaptation.yaml"
     threads: ADAPTATION["threads"]
@@ -40,10 +42,10 @@ rule tokenize_domain:
             wildcards.domain, ["train", "valid", "test"]
         ),
     output:
-        tokens=f"{RESULTS}/tokens/{{model}}/{{domain}}.npz",
-        metadata=f"{RESULTS}/tokens/{{model}}/{{domain}}.json",
+        tokens=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.npz",
+        metadata=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.json",
     log:
-        f"{LOGS}/tokenize_domain/{{model}}/{{domain}}.log",
+        f"{LOGS}/tokenize_domain/{{model}}/{{policy}}/{{domain}}.log",
     conda:
         "../../envs/adaptation.yaml"
     resources:
@@ -52,7 +54,6 @@ rule tokenize_domain:
     params:
         name_or_path=lambda wildcards: config["models"][wildcards.model]["name_or_path"],
         root=config["m2d2"]["root"],
-        document_policy=config["m2d2"]["document_policy"],
         max_invalid_fraction=config["m2d2"]["max_invalid_line_fraction"],
     script:
         "../scripts/tokenize_domain.py"
@@ -61,7 +62,7 @@ rule tokenize_domain:
 rule adapt:
     input:
         model=model_inputs,
-        tokens=f"{RESULTS}/tokens/{{model}}/{{domain}}.npz",
+        tokens=f"{RESULTS}/tokens/{{model}}/{TRAIN_POLICY}/{{domain}}.npz",
     output:
         weights=directory(f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/weights"),
         metrics=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",

@@ -39,6 +39,10 @@ PRETRAINED = [name for name, spec in config["models"].items() if "pretrain" in s
 ADAPTATION = config["adaptation"]
 MODES = ADAPTATION["modes"]
 ADAPTATION_DOMAINS = list(config["domains"]["adaptation"])
+EVALUATION = config["evaluation"]
+# How a split's lines become the text a model trains on and the text it is evaluated on.
+TRAIN_POLICY = config["m2d2"]["document_policy"]
+EVAL_POLICY = EVALUATION["join_policy"]
 DEMO = config["demo"]
 DEMO_OUTPUTS = (
     demo_lib.output_paths(DEMO["root"], DEMO["archived_domains"])
@@ -58,6 +62,7 @@ wildcard_constraints:
     model=_alternatives(MODELS) if MODELS else "(?!)",
     mode=_alternatives(MODES),
     name=_alternatives(DOMAINS + CORPORA),
+    policy=_alternatives(m2d2_lib.JOIN_POLICIES),
 
 
 def sample_targets():
@@ -89,8 +94,30 @@ def adaptation_targets():
     )
 
 
+def evaluation_targets():
+    if not MODELS:
+        return []
+    pairs = dict(model=MODELS, mode=MODES)
+    return [
+        *expand(
+            f"{RESULTS}/tables/{{table}}.{{ext}}",
+            table=["perplexity", "correlation"],
+            ext=["tsv", "md"],
+        ),
+        *expand(f"{RESULTS}/figures/perplexity_change_{{model}}_{{mode}}.png", **pairs),
+        *expand(f"{RESULTS}/figures/tokens_{{model}}_{{mode}}.png", **pairs),
+        *expand(f"{RESULTS}/tables/tokens/{{model}}/{{mode}}/summary.md", **pairs),
+        *expand(f"{RESULTS}/figures/curves_{{model}}_{{mode}}.png", **pairs),
+    ]
+
+
 def all_targets():
-    return sample_targets() + similarity_targets() + adaptation_targets()
+    return (
+        sample_targets()
+        + similarity_targets()
+        + adaptation_targets()
+        + evaluation_targets()
+    )
 
 
 def model_inputs(wildcards):
@@ -112,7 +139,7 @@ def adapt_spec(wildcards, output, threads):
         "mode": wildcards.mode,
         "scheme_options": ADAPTATION["schemes"],
         "domain": wildcards.domain,
-        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{wildcards.domain}.npz",
+        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{TRAIN_POLICY}/{wildcards.domain}.npz",
         "output_dir": str(Path(output.metrics).parent),
         "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.mode}/{wildcards.domain}",
         "adaptation": {
@@ -129,6 +156,19 @@ def adapt_spec(wildcards, output, threads):
         "threads": threads,
     }
     return shlex.quote(json.dumps(spec))
+
+
+def evaluation_spec(wildcards):
+    """Arguments of analysis.lm.evaluate.evaluate shared by rules zero_shot and evaluate."""
+    return {
+        "model_key": wildcards.model,
+        "model_spec": config["models"][wildcards.model],
+        "stage": wildcards.get("mode", "zero_shot"),
+        "domain": wildcards.domain,
+        "portion": config_lib.domain_portion(config, wildcards.domain),
+        "evaluation": EVALUATION,
+        "seed": config["seed"],
+    }
 
 
 def launcher(gpus):

@@ -1,0 +1,241 @@
+"""Perplexity before and after adaptation, its correlation with corpus-domain distance, Figure 1.
+
+Sign convention (the paper's): ``ppl_change = ppl_zero_shot - ppl_adapted``, positive when
+adaptation helped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import PipelineError
+from analysis.tables.common import ordered_by_portion, save_figure, write_table
+
+COLUMNS = [
+    "model", "mode", "domain", "portion", "split", "join_policy", "tokens", "words", "bytes",
+    "ppl_zero_shot", "ppl_adapted", "ppl_change", "ppl_change_percent",
+    "word_ppl_zero_shot", "word_ppl_adapted", "byte_ppl_zero_shot", "byte_ppl_adapted",
+    "bits_per_byte_zero_shot", "bits_per_byte_adapted", "window", "stride",
+]
+CORRELATION_COLUMNS = [
+    "model", "mode", "corpus", "pretraining_corpus", "portion", "n",
+    "spearman_mmd", "spearman_mmd_p", "pearson_mmd", "pearson_mmd_p",
+    "spearman_fd", "spearman_fd_p", "pearson_fd", "pearson_fd_p",
+]
+PORTION_COLOURS = {"wiki": "tab:blue", "s2orc": "tab:orange"}
+PORTION_NAMES = {"wiki": "Wikipedia", "s2orc": "S2ORC"}
+
+
+def _read(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def collect(zero_shot: Sequence[str | Path], adapted: Sequence[str | Path]) -> pd.DataFrame:
+    """One row per adapted evaluation, joined with the zero-shot evaluation of its model and domain."""
+    base = {}
+    for path in zero_shot:
+        r = _read(path)
+        base[(r["model"], r["domain"])] = r
+    rows = []
+    for path in adapted:
+        a = _read(path)
+        z = base.get((a["model"], a["domain"]))
+        if z is None:
+            raise PipelineError(f"{path}: no zero-shot evaluation of {a['model']} on {a['domain']} among the inputs")
+        for key in ("split", "join_policy", "window", "stride", "tokens", "prefix_token_id"):
+            if z[key] != a[key]:
+                raise PipelineError(
+                    f"{path}: {key} = {a[key]!r} but the zero-shot evaluation has {z[key]!r}; "
+                    "rerun both with the same evaluation settings"
+                )
+        rows.append({
+            "model": a["model"], "mode": a["stage"], "domain": a["domain"], "portion": a["portion"],
+            "split": a["split"], "join_policy": a["join_policy"], "tokens": a["tokens"], "words": a["words"],
+            "bytes": a["bytes"],
+            "ppl_zero_shot": z["token_perplexity"], "ppl_adapted": a["token_perplexity"],
+            "ppl_change": z["token_perplexity"] - a["token_perplexity"],
+            "ppl_change_percent": 100 * (z["token_perplexity"] - a["token_perplexity"]) / z["token_perplexity"],
+            "word_ppl_zero_shot": z["word_perplexity"], "word_ppl_adapted": a["word_perplexity"],
+            "byte_ppl_zero_shot": z["byte_perplexity"], "byte_ppl_adapted": a["byte_perplexity"],
+            "bits_per_byte_zero_shot": z["bits_per_byte"], "bits_per_byte_adapted": a["bits_per_byte"],
+            "window": a["window"], "stride": a["stride"],
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def perplexity_table(zero_shot, adapted, tsv, markdown) -> pd.DataFrame:
+    frame = collect(zero_shot, adapted)
+    write_table(frame, tsv, markdown, title=(
+        "Perplexity before (zero-shot) and after one epoch of adaptation; ppl_change = zero-shot - "
+        "adapted (positive: adaptation helped). Token perplexity over every token of the split, word and "
+        "byte perplexity of the same total NLL."
+    ))
+    return frame
+
+
+def distances(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """MMD and FD of each (corpus, domain) distance JSON."""
+    rows = [{k: r[k] for k in ("corpus", "domain", "portion", "mmd", "fd")} for r in map(_read, paths)]
+    return pd.DataFrame(rows, columns=["corpus", "domain", "portion", "mmd", "fd"])
+
+
+#: Up to this many domains the Spearman p-value is exact (all n! pairings); above it scipy's
+#: t approximation, which says p = 0 for a perfect rank correlation of 4 points (exact: 1/12).
+EXACT_SPEARMAN_MAX_N = 8
+
+
+def _exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided permutation p-value of Spearman's rho: the share of all pairings of the ranks whose
+    |rho| is at least the observed one."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+    pairings = np.array(list(itertools.permutations(ry - ry.mean())))
+    rhos = pairings @ rx / np.linalg.norm(pairings[0])
+    observed = abs(float(rx @ (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())))
+    return float(np.mean(np.abs(rhos) >= observed - 1e-12))
+
+
+def _correlate(x: np.ndarray, y: np.ndarray) -> dict:
+    from scipy import stats
+
+    nan = {"spearman": math.nan, "spearman_p": math.nan, "pearson": math.nan, "pearson_p": math.nan}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return nan  # undefined: too few points, or a constant variable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spearman = stats.spearmanr(x, y)
+        pearson = stats.pearsonr(x, y)
+    spearman_p = _exact_spearman_p(x, y) if len(x) <= EXACT_SPEARMAN_MAX_N else float(spearman.pvalue)
+    return {"spearman": float(spearman.statistic), "spearman_p": spearman_p,
+            "pearson": float(pearson.statistic), "pearson_p": float(pearson.pvalue)}
+
+
+def correlations(perplexity: pd.DataFrame, distance: pd.DataFrame, pretraining: Mapping[str, str]) -> pd.DataFrame:
+    """Per model, mode, corpus and portion (all, wiki, s2orc): rank and linear correlation of the
+    perplexity change with MMD and with FD, their two-sided p-values and the number of domains."""
+    joined = perplexity.merge(distance.drop(columns="portion"), on="domain", how="inner")
+    rows = []
+    for (model, mode, corpus), group in joined.groupby(["model", "mode", "corpus"], sort=False):
+        for portion in ["all", *sorted(group["portion"].unique())]:
+            part = group if portion == "all" else group[group["portion"] == portion]
+            row = {"model": model, "mode": mode, "corpus": corpus,
+                   "pretraining_corpus": pretraining.get(model) == corpus, "portion": portion, "n": len(part)}
+            for measure in ("mmd", "fd"):
+                stats = _correlate(part[measure].to_numpy(float), part["ppl_change"].to_numpy(float))
+                for method in ("spearman", "pearson"):
+                    row[f"{method}_{measure}"] = stats[method]
+                    row[f"{method}_{measure}_p"] = stats[f"{method}_p"]
+            rows.append(row)
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+def correlation_table(perplexity_tsv, distance_paths, pretraining, tsv, markdown, distances_tsv) -> pd.DataFrame:
+    perplexity = pd.read_csv(perplexity_tsv, sep="\t")
+    distance = distances(distance_paths)
+    write_table(distance, distances_tsv)
+    frame = correlations(perplexity, distance, pretraining)
+    write_table(frame, tsv, markdown, title=(
+        "Correlation across adaptation domains of the perplexity change (zero-shot - adapted) with the "
+        "distance of the domain to each source corpus; two-sided p-values (Spearman: exact permutation "
+        f"test up to {EXACT_SPEARMAN_MAX_N} domains, else scipy; Pearson: scipy), n domains. "
+        "pretraining_corpus marks the corpus the model was pretrained on."
+    ))
+    return frame
+
+
+def _rescale(values: np.ndarray) -> np.ndarray:
+    """Min-max rescaling onto [0, 1] (0.5 for a constant)."""
+    span = np.ptp(values)
+    if span == 0:
+        return np.full_like(values, 0.5, dtype=float)
+    return (values - values.min()) / span
+
+
+def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: str, mode: str, corpus: str,
+                      path: str | Path) -> None:
+    """The paper's Figure 1: perplexity change per domain (bars), with MMD and FD to the model's
+    pretraining corpus rescaled to [0, 1] (lines, right axis); portions shaded. When the changes span
+    more than two orders of magnitude the bars use a symmetric log scale, so small changes stay visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = perplexity[(perplexity["model"] == model) & (perplexity["mode"] == mode)].set_index("domain")
+    if rows.empty:
+        raise PipelineError(f"no perplexity rows for model {model!r}, mode {mode!r}")
+    domains = ordered_by_portion(list(rows.index), rows["portion"].to_dict())
+    rows = rows.loc[domains]
+    dist = distance[distance["corpus"] == corpus].set_index("domain").reindex(domains)
+    x = np.arange(len(domains))
+    figure, axis = plt.subplots(figsize=(max(6.5, min(0.45 * len(domains) + 3, 40.0)), 4.8))
+    for portion, colour in PORTION_COLOURS.items():
+        members = [i for i, d in enumerate(domains) if rows.loc[d, "portion"] == portion]
+        if members:
+            axis.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=0.10,
+                         label=f"{PORTION_NAMES[portion]} portion")
+    change = rows["ppl_change"].to_numpy(float)
+    axis.bar(x, change, color=["tab:green" if c > 0 else "tab:red" for c in change], width=0.6,
+             label="perplexity change (zero-shot - adapted)")
+    axis.axhline(0, color="black", linewidth=0.8)
+    magnitudes = np.abs(change[change != 0])
+    scale = ""
+    if len(magnitudes) and magnitudes.max() > 100 * magnitudes.min():
+        axis.set_yscale("symlog", linthresh=float(magnitudes.min()))
+        scale = " (symmetric log scale)"
+    right = axis.twinx()
+    for key, colour, marker in (("mmd", "tab:purple", "o"), ("fd", "tab:brown", "s")):
+        values = dist[key].to_numpy(float)
+        if np.isfinite(values).all():
+            right.plot(x, _rescale(values), color=colour, marker=marker, linewidth=1,
+                       label=f"{key.upper()} to {corpus}, rescaled to [0, 1]")
+    right.set_ylim(-0.05, 1.05)
+    right.set_ylabel("rescaled distance to the pretraining corpus")
+    axis.set_xticks(x)
+    axis.set_xticklabels(domains, rotation=60, ha="right", fontsize=7)
+    axis.set_ylabel(f"perplexity change{scale}; positive: better")
+    axis.set_title(f"{model}, mode {mode}: perplexity change after one epoch of adaptation", fontsize=10)
+    handles = [h for a in (axis, right) for h in a.get_legend_handles_labels()[0]]
+    labels = [lab for a in (axis, right) for lab in a.get_legend_handles_labels()[1]]
+    axis.legend(handles, labels, fontsize=7, loc="upper left")
+    save_figure(figure, path)
+
+
+def curves_figure(curve_paths: Sequence[str | Path], domains: Sequence[str], title: str, path: str | Path) -> None:
+    """Validation and test loss along the epoch, one panel per domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(domains))
+    rows = math.ceil(len(domains) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False, sharex=True)
+    labels = {"valid_loss": "validation", "test_loss": "test", "train_first_loss": "train, seen first"}
+    for axis, domain, curve_path in zip(axes.flat, domains, curve_paths):
+        curves = pd.read_csv(curve_path, sep="\t")
+        for key, label in labels.items():
+            if key in curves:
+                axis.plot(curves["epoch_fraction"], curves[key], marker="o", markersize=3, label=label)
+        axis.set_title(domain, fontsize=7)
+        axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(domains):]:
+        axis.axis("off")
+    for axis in axes[:, 0]:
+        axis.set_ylabel("loss (nats/token)", fontsize=7)
+    for axis in axes[-1, :]:
+        axis.set_xlabel("fraction of the epoch", fontsize=7)
+    axes.flat[0].legend(fontsize=6)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
