@@ -29,7 +29,8 @@ def show(args: argparse.Namespace) -> int:
     from analysis.tables.show import load_table, render, select
 
     frame = load_table(args.results, args.table, model=args.model, mode=args.mode, domain=args.domain)
-    filters = {key: getattr(args, key) for key in ("model", "mode", "domain", "corpus", "portion", "split")}
+    filters = {key: getattr(args, key)
+               for key in ("model", "mode", "train_policy", "domain", "corpus", "portion", "split")}
     frame = select(frame, filters, args.table)
     columns = args.columns.split(",") if args.columns else None
     sys.stdout.write(render(frame, args.format, columns=columns, limit=args.limit))
@@ -44,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--domains", action="store_true", help="list every domain with its portion")
     check.set_defaults(run=check_config)
     table = sub.add_parser("show", help="print a results table, filtered (e.g. show perplexity --model gpt2)")
-    table.add_argument("table", choices=["similarity", "perplexity", "correlation", "tokens"],
+    table.add_argument("table", choices=["similarity", "perplexity", "correlation", "join_policy", "tokens"],
                        help="tokens: the token-level summary, or with --domain that domain's per-token table")
     table.add_argument("--results", default="results", help="results directory (default: results)")
-    for key in ("model", "mode", "domain", "corpus", "portion", "split"):
-        table.add_argument(f"--{key}", help=f"keep rows whose {key} is this")
+    for key in ("model", "mode", "train_policy", "domain", "corpus", "portion", "split"):
+        table.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"keep rows whose {key} is this")
     table.add_argument("--columns", help="comma-separated columns to print (default: all)")
     table.add_argument("--limit", type=int, help="print at most this many rows")
     table.add_argument("--format", choices=["md", "tsv", "json"], default="md")

@@ -125,6 +125,20 @@ def _cross_check(config: dict, source: str) -> None:
             "'adaptation.schemes.auto_sparse.budget_mib' (the memory budget in MiB)"
         )
 
+    ablation = adaptation["join_ablation"]
+    for name in ablation["models"]:
+        if name not in config["models"]:
+            raise ConfigError(
+                f"{source}: 'adaptation.join_ablation.models' names {name!r}, which is not a key of "
+                f"'models' ({', '.join(sorted(config['models'])) or 'none'})"
+            )
+    for name in ablation["domains"] or []:
+        if name not in domains["adaptation"]:
+            raise ConfigError(
+                f"{source}: 'adaptation.join_ablation.domains' names {name!r}, which is not in "
+                f"'domains.adaptation'{catalogue.did_you_mean(name, domains['adaptation'])}"
+            )
+
     for name, model in config["models"].items():
         built = f"results/models/{name}/hf"
         if "pretrain" in model and model["name_or_path"] != built:

@@ -46,8 +46,8 @@ def test_chunks_are_disjoint_in_range_and_seeded(length, n, size):
 
 def fake_eval(model="m", stage="zero_shot", domain="d1", portion="wiki", ppl=10.0, **changes):
     record = {
-        "model": model, "stage": stage, "domain": domain, "portion": portion, "split": "test",
-        "join_policy": "keep", "window": 32, "stride": 16, "tokens": 100, "words": 50, "bytes": 400,
+        "model": model, "stage": stage, "train_policy": None if stage == "zero_shot" else "keep",
+        "domain": domain, "portion": portion, "split": "test", "eval_policy": "keep", "window": 32, "stride": 16, "tokens": 100, "words": 50, "bytes": 400,
         "prefix_token_id": 0, "token_perplexity": ppl, "word_perplexity": ppl ** 2, "byte_perplexity": 1.5,
         "bits_per_byte": 0.58,
     }
@@ -89,7 +89,7 @@ def test_correlations_match_scipy_and_are_undefined_for_too_few_domains():
     domains = [f"d{i}" for i in range(8)]
     change = rng.normal(size=8)
     mmd = rng.random(8)
-    perplexity = pd.DataFrame({"model": "m", "mode": "full", "domain": domains, "ppl_change": change,
+    perplexity = pd.DataFrame({"model": "m", "mode": "full", "train_policy": "keep", "domain": domains, "ppl_change": change,
                                "portion": ["wiki"] * 6 + ["s2orc"] * 2})
     distance = pd.DataFrame({"corpus": "c", "domain": domains, "portion": "x", "mmd": mmd, "fd": 2 * mmd + 1})
     frame = ppl_tables.correlations(perplexity, distance, {"m": "c"}).set_index("portion")
@@ -107,7 +107,7 @@ def test_spearman_p_value_is_exact_for_few_domains():
     from scipy import stats
 
     frame = ppl_tables.correlations(
-        pd.DataFrame({"model": "m", "mode": "full", "domain": list("abcd"), "portion": "wiki",
+        pd.DataFrame({"model": "m", "mode": "full", "train_policy": "keep", "domain": list("abcd"), "portion": "wiki",
                       "ppl_change": [1.0, 2.0, 3.0, 4.0]}),
         pd.DataFrame({"corpus": "c", "domain": list("abcd"), "portion": "x", "mmd": [0.1, 0.2, 0.3, 0.4],
                       "fd": [0.4, 0.1, 0.3, 0.2]}), {})

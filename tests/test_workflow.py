@@ -78,7 +78,7 @@ def test_demo_similarity_wiki_like_domains_are_closer_than_s2orc_like(demo_run):
 
     workdir, _ = demo_run
     table = pd.read_csv(workdir / "results/tables/similarity.tsv", sep="\t")
-    assert len(table) == 8 and set(table["portion"]) == {"wiki", "s2orc"}
+    assert len(table) == 6 and set(table["portion"]) == {"wiki", "s2orc"}
     for measure in ("mmd", "fd"):
         by_portion = table.groupby("portion")[measure]
         assert by_portion.max()["wiki"] < by_portion.min()["s2orc"], table[["domain", measure]]
@@ -96,14 +96,14 @@ def test_demo_base_model_and_adaptation_in_every_mode(demo_run):
     for domain in cfg["domains"]["adaptation"]:
         memory = {}
         for mode in ("full", "sparse"):
-            run = workdir / f"results/adapted/tiny-gpt2/{mode}/{domain}"
+            run = workdir / f"results/adapted/tiny-gpt2/keep/{mode}/{domain}"
             metrics = json.loads((run / "metrics.json").read_text())
             assert metrics["steps"] > 0 and metrics["final"]["valid_loss"] < metrics["initial"]["valid_loss"]
             memory[mode] = json.loads((run / "memory.json").read_text())["saved_for_backward_bytes"]
             assert len((run / "curves.tsv").read_text().splitlines()) == 1 + 3
         assert memory["sparse"] < memory["full"]
-        assert (workdir / f"results/adapted/tiny-gpt2/full/{domain}/weights/model.safetensors").is_file()
-        assert (workdir / f"results/adapted/tiny-gpt2/sparse/{domain}/weights/delta.safetensors").is_file()
+        assert (workdir / f"results/adapted/tiny-gpt2/keep/full/{domain}/weights/model.safetensors").is_file()
+        assert (workdir / f"results/adapted/tiny-gpt2/keep/sparse/{domain}/weights/delta.safetensors").is_file()
     assert not any((workdir / "checkpoints").rglob("*.pt"))  # removed once outputs are written
 
 
@@ -120,11 +120,11 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     cfg["adaptation"]["checkpoint_every"] = 5
     configfile = workdir / "checkpoint_every.yaml"
     configfile.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    target = "results/adapted/tiny-gpt2/full/hep-ex/metrics.json"  # relative to the workdir, like the rule
-    run = workdir / "results/adapted/tiny-gpt2/full/hep-ex"
+    target = "results/adapted/tiny-gpt2/keep/full/hep-ex/metrics.json"  # relative to the workdir, like the rule
+    run = workdir / "results/adapted/tiny-gpt2/keep/full/hep-ex"
     reference = load_file(str(run / "weights/model.safetensors"))
     shutil.rmtree(run)
-    checkpoint = workdir / "checkpoints/adapt/tiny-gpt2/full/hep-ex/latest"
+    checkpoint = workdir / "checkpoints/adapt/tiny-gpt2/keep/full/hep-ex/latest"
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
                target, "--configfile", str(configfile)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=job_environment(),
@@ -140,7 +140,8 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     snakemake(workdir, "--unlock", configfile=configfile)
     result = snakemake(workdir, target, configfile=configfile)
     assert result.returncode == 0, result.output[-3000:]
-    assert "resumed from checkpoints/adapt/tiny-gpt2/full/hep-ex" in (workdir / "results/logs/adapt/tiny-gpt2/full/hep-ex.log").read_text()
+    log = (workdir / "results/logs/adapt/tiny-gpt2/keep/full/hep-ex.log").read_text()
+    assert "resumed from checkpoints/adapt/tiny-gpt2/keep/full/hep-ex" in log
     resumed = load_file(str(run / "weights/model.safetensors"))
     assert max(float((resumed[k] - reference[k]).abs().max()) for k in reference) < 1e-5
     # Back to the demo's params, and everything downstream of the retrained run up to date again.
@@ -157,9 +158,12 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     domains = yaml.safe_load(configfile.read_text())["domains"]["adaptation"]
     results = workdir / "results"
     table = pd.read_csv(results / "tables/perplexity.tsv", sep="\t")
+    ablation = yaml.safe_load(configfile.read_text())["adaptation"]["join_ablation"]
+    assert len(table) == 2 * len(domains) + 2 * len(ablation["domains"])
+    table = table[table["train_policy"] == "keep"]
     assert len(table) == 2 * len(domains) and set(table["mode"]) == {"full", "sparse"}
     np.testing.assert_allclose(table["ppl_change"], table["ppl_zero_shot"] - table["ppl_adapted"])
-    assert (table["join_policy"] == "keep").all() and (table["window"] == 32).all()
+    assert (table["eval_policy"] == "keep").all() and (table["window"] == 32).all()
     # The S2ORC-like demo domains are far from the base model's corpus: one epoch helps a lot there.
     assert (table.loc[(table["mode"] == "full") & (table["portion"] == "s2orc"), "ppl_change"] > 0).all()
     zero = json.loads((results / "eval/tiny-gpt2/zero_shot/hep-ex.json").read_text())
@@ -167,8 +171,9 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     assert zero["tokens"] == tokens["splits"]["test"]["tokens"] and zero["words"] == tokens["splits"]["test"]["words"]
 
     correlation = pd.read_csv(results / "tables/correlation.tsv", sep="\t")
-    assert set(correlation["portion"]) == {"all", "wiki", "s2orc"} and len(correlation) == 2 * 3
-    overall = correlation[correlation["portion"] == "all"]
+    # The main grid (2 modes, trained on 'keep' text) and the ablation's other policies in mode full.
+    assert set(correlation["portion"]) == {"all", "wiki", "s2orc"} and len(correlation) == (2 + 2) * 3
+    overall = correlation[(correlation["portion"] == "all") & (correlation["train_policy"] == "keep")]
     assert (overall["n"] == len(domains)).all() and overall["pretraining_corpus"].all()
     assert overall[["spearman_mmd", "pearson_fd_p"]].notna().all().all()
 
@@ -181,6 +186,33 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     for figure in ("perplexity_change", "tokens", "curves"):
         for mode in ("full", "sparse"):
             assert (results / f"figures/{figure}_tiny-gpt2_{mode}.png").stat().st_size > 10_000
+
+
+def test_demo_join_policy_ablation(demo_run):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    workdir, configfile = demo_run
+    ablation = yaml.safe_load(configfile.read_text())["adaptation"]["join_ablation"]
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables/join_policy.tsv", sep="\t")
+    assert len(table) == len(ablation["policies"]) * len(ablation["domains"])
+    assert set(table["train_policy"]) == {"keep", "strip", "paragraph"} and (table["eval_policy"] == "keep").all()
+    np.testing.assert_allclose(table["nll_change_whitespace"] + table["nll_change_other"], table["nll_change_total"])
+    # The 'keep' run is the main grid's full run, computed once.
+    main = pd.read_csv(results / "tables/perplexity.tsv", sep="\t").query("mode == 'full' and train_policy == 'keep'")
+    keep = table[table["train_policy"] == "keep"].merge(main, on="domain", suffixes=("", "_main"))
+    np.testing.assert_allclose(keep["ppl_adapted"], keep["ppl_adapted_main"])
+    # Trained on stripped lines the model never sees a newline: newline tokens get worse than under 'keep'.
+    newline = table.pivot(index="domain", columns="train_policy", values="ppl_newline_adapted")
+    assert (newline["strip"] > newline["keep"]).all(), newline
+    strip = json.loads((results / "tokens/tiny-gpt2/strip/hep-ex.json").read_text())
+    assert strip["join_policy"] == "strip" and not strip["eos_after_each_text"]
+    metrics = json.loads((results / "adapted/tiny-gpt2/strip/full/hep-ex/metrics.json").read_text())
+    assert metrics["join_policy"] == "strip"
+    assert (results / "figures/join_policy_tiny-gpt2.png").stat().st_size > 10_000
 
 
 def test_zero_shot_does_not_wait_for_adaptation(demo_run):
@@ -202,9 +234,12 @@ def test_show_prints_filtered_tables(demo_run):
     workdir, _ = demo_run
     rows = json.loads(show(workdir, "perplexity", "--model", "tiny-gpt2", "--domain", "hep-ex", "--format",
                            "json").stdout)
-    assert [(r["mode"], r["domain"]) for r in rows] == [("full", "hep-ex"), ("sparse", "hep-ex")]
-    markdown = show(workdir, "correlation", "--mode", "full", "--portion", "all").stdout
-    assert markdown.startswith("| model | mode | corpus |") and len(markdown.splitlines()) == 3
+    assert [(r["mode"], r["train_policy"]) for r in rows] == [("full", "keep"), ("sparse", "keep"), ("full", "strip"),
+                                                              ("full", "paragraph")]
+    markdown = show(workdir, "correlation", "--mode", "full", "--train-policy", "keep", "--portion", "all").stdout
+    assert markdown.startswith("| model | mode | train_policy | corpus |") and len(markdown.splitlines()) == 3
+    ablation = json.loads(show(workdir, "join_policy", "--domain", "hep-ex", "--format", "json").stdout)
+    assert sorted(r["train_policy"] for r in ablation) == ["keep", "paragraph", "strip"]
     tokens = show(workdir, "tokens", "--model", "tiny-gpt2", "--mode", "full", "--domain", "hep-ex", "--split",
                   "test", "--limit", "5", "--columns", "token,count,change_share", "--format", "tsv").stdout
     assert tokens.splitlines()[0] == "token\tcount\tchange_share" and len(tokens.splitlines()) == 6
@@ -221,7 +256,8 @@ def test_report_renders_every_table_and_figure(demo_run):
     assert result.returncode == 0, result.output[-3000:]
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("perplexity.tsv", "correlation.tsv", "similarity.tsv", "perplexity_change_tiny-gpt2_full.png",
-                 "tokens_tiny-gpt2_sparse.png", "curves_tiny-gpt2_full.png", "hep-ex.tsv"):
+                 "tokens_tiny-gpt2_sparse.png", "curves_tiny-gpt2_full.png", "hep-ex.tsv", "join_policy.tsv",
+                 "join_policy_tiny-gpt2.png"):
         assert name in html, name
 
 
@@ -240,8 +276,8 @@ def test_each_corpus_and_domain_is_embedded_once(demo_run):
     workdir, configfile = demo_run
     result = snakemake(workdir, "-n", "--forceall", configfile=configfile)
     counts = job_counts(result.output)
-    assert counts["embed"] == 1 + 8  # C + D, not C x D
-    assert counts["distance"] == 1 * 8
+    assert counts["embed"] == 1 + 6  # C + D, not C x D
+    assert counts["distance"] == 1 * 6
 
 
 def test_nothing_reruns_when_up_to_date(demo_run):

@@ -23,10 +23,14 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 DOCUMENT_POLICIES = ("line", "paragraph")
-#: How a split becomes language-model text: ``keep`` is the split exactly as released (lines joined
-#: with "\n", blank lines kept), the text the M2D2 evaluation script scores; the document policies
-#: make one text per line or paragraph.
-JOIN_POLICIES = ("keep", *DOCUMENT_POLICIES)
+#: How a split becomes language-model text (``lm_texts``):
+#: ``keep``: the split exactly as released, one text (lines joined with "\n", blank lines kept): the
+#: release's own layout and the text the M2D2 evaluation script scores;
+#: ``strip``: every line stripped, blank lines dropped, the texts concatenated with no separator
+#: (what a ``datasets`` loader that strips lines feeds to a ``run_clm``-style pipeline: no newline
+#: is ever trained on);
+#: ``line`` / ``paragraph``: the document policies, each text followed by EOS.
+JOIN_POLICIES = ("keep", "strip", *DOCUMENT_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -226,12 +230,16 @@ def documents(lines: list[str], policy: str) -> list[str]:
 
 
 def lm_texts(lines: list[str], policy: str) -> list[str]:
-    """The texts a language model reads from a split's lines under a join policy (``JOIN_POLICIES``).
-
-    ``keep``: one text, the split as released (its trailing newline removed); otherwise ``documents``.
-    """
+    """The texts a language model reads from a split's lines under a join policy (``JOIN_POLICIES``)."""
     if policy == "keep":
         return ["\n".join(lines)]
+    if policy == "strip":
+        return [line.strip() for line in lines if line.strip()]
     if policy in DOCUMENT_POLICIES:
         return documents(lines, policy)
     raise CorpusError(f"unknown join policy {policy!r}; expected one of {JOIN_POLICIES}")
+
+
+def ends_with_eos(policy: str) -> bool:
+    """Whether each text of the policy is followed by EOS in the token stream (all but ``strip``)."""
+    return policy != "strip"

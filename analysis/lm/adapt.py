@@ -1,6 +1,6 @@
 """Rule adapt: one epoch of continued pretraining of one model on one domain in one mode.
 
-Outputs, in ``results/adapted/<model>/<mode>/<domain>/``:
+Outputs, in ``results/adapted/<model>/<join policy>/<mode>/<domain>/``:
 
 * ``weights/``: for ``full`` the adapted model (and tokenizer) in HF format; for the other modes only
   ``delta.safetensors``, the parameters the scheme changed at their adapted values (LoRA and partial
@@ -94,6 +94,7 @@ def adapt(
     model_spec: Mapping,
     mode: str,
     scheme_options: Mapping,
+    join_policy: str = "keep",
     domain: str,
     tokens: str | Path,
     output_dir: str | Path,
@@ -153,7 +154,7 @@ def adapt(
     log.info("%s / %s / %s: %d of %d parameters trainable (%.3f%%)", model_key, mode, domain,
              summary["trainable_parameters"], summary["total_parameters"], 100 * summary["trainable_fraction"])
     fingerprint = hashlib.sha256(json.dumps(
-        [model_spec, mode, scheme.describe(), domain, dict(adaptation), seed,
+        [model_spec, mode, scheme.describe(), domain, join_policy, dict(adaptation), seed,
          Path(tokens).stat().st_size], sort_keys=True, default=str).encode()).hexdigest()
 
     output_dir = Path(output_dir)
@@ -181,12 +182,14 @@ def adapt(
     from analysis.tables.common import write_table
 
     write_table(pd_curves, output_dir / "curves.tsv")
-    curves_figure(curves, f"{model_key}, {mode}, {domain}", output_dir / "curves.png")
-    memory = {"model": model_key, "mode": mode, "domain": domain, **result.pop("memory"),
+    curves_figure(curves, f"{model_key}, {mode}, {domain} (trained on join policy {join_policy})",
+                  output_dir / "curves.png")
+    memory = {"model": model_key, "mode": mode, "domain": domain, "join_policy": join_policy, **result.pop("memory"),
               "trainable_fraction": summary["trainable_fraction"]}
     write_json(output_dir / "memory.json", memory)
     metrics = {
-        "model": model_key, "mode": mode, "domain": domain, "base": model_spec["name_or_path"],
+        "model": model_key, "mode": mode, "domain": domain, "join_policy": join_policy,
+        "base": model_spec["name_or_path"],
         "scheme": scheme.describe(), "delta_parameters": touched if mode != "full" else "all",
         **{k: v for k, v in result.items() if k not in ("deepspeed_config",)},
         "tokens_in_split": {s: int(splits[s].size + dropped[s]) for s in splits},

@@ -1,8 +1,8 @@
 """The LM data path (as in run_clm.py, split into testable functions).
 
-A split's texts (under an M2D2 join policy, ``m2d2.lm_texts``) are tokenised, each followed by EOS, concatenated into one
-token stream, and cut into blocks of the context length; the tail shorter than a block is dropped and
-counted. One epoch visits every block once in a seeded order.
+A split's texts (under an M2D2 join policy, ``m2d2.lm_texts``) are tokenised, each followed by EOS
+(except under ``strip``), concatenated into one token stream, and cut into blocks of the context
+length; the tail shorter than a block is dropped and counted. One epoch visits every block once in a seeded order.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from analysis.io import atomic_path, write_json
 log = logging.getLogger(__name__)
 
 
-def tokenize_documents(tokenizer, documents: Sequence[str], batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Token stream (int32) with EOS after every document, and each document's start offset."""
-    eos = tokenizer.eos_token_id
+def tokenize_documents(tokenizer, documents: Sequence[str], batch_size: int = 1000,
+                       eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Token stream (int32) with EOS after every document (unless ``eos`` is false: the documents'
+    tokens simply concatenated), and each document's start offset."""
+    separator = [tokenizer.eos_token_id] if eos else []
     pieces, starts, position = [], [], 0
     for begin in range(0, len(documents), batch_size):
         batch = list(documents[begin : begin + batch_size])
         for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
             starts.append(position)
-            pieces.append(np.asarray([*ids, eos], dtype=np.int32))
-            position += len(ids) + 1
+            pieces.append(np.asarray([*ids, *separator], dtype=np.int32))
+            position += len(ids) + len(separator)
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     return stream, np.asarray(starts, dtype=np.int64)
 
@@ -53,12 +55,13 @@ def tokenize_domain(
 
     tokenizer = load_tokenizer(model_name)
     arrays, record = {}, {"model": model_name, "domain": domain, "join_policy": policy,
+                          "eos_after_each_text": m2d2.ends_with_eos(policy),
                           "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
                           "splits": {}}
     for split in m2d2.SPLITS:
         text = m2d2.read_split(m2d2_root, domain, split, max_invalid_fraction)
         docs = m2d2.lm_texts(text.lines, policy)
-        stream, starts = tokenize_documents(tokenizer, docs)
+        stream, starts = tokenize_documents(tokenizer, docs, eos=m2d2.ends_with_eos(policy))
         arrays[split], arrays[f"{split}_starts"] = stream, starts
         record["splits"][split] = {"source": text.source, "sha256": text.sha256, "documents": len(docs),
                                    "tokens": int(len(stream)), "characters": sum(len(d) for d in docs),

@@ -1,8 +1,9 @@
 """Rules zero_shot and evaluate: perplexity of a model on one domain, and token-level NLL.
 
-Outputs ``results/eval/<model>/<stage>/<domain>.{json,npz}``, where the stage is ``zero_shot`` (the
-base model) or an adaptation mode (the adapted model: the saved model for ``full``, otherwise the
-base model with the trained delta applied).
+Outputs ``results/eval/<model>/zero_shot/<domain>.{json,npz}`` for the base model and
+``results/eval/<model>/<join policy>/<mode>/<domain>.{json,npz}`` for a model adapted in a mode on
+text joined under a policy (the saved model for ``full``, otherwise the base model with the trained
+delta applied).
 
 * The JSON holds token, word and byte perplexity of the configured split (the evaluated text is the
   split under ``evaluation.join_policy``; see ``analysis.lm.perplexity`` for what is scored), the
@@ -88,6 +89,7 @@ def evaluate(
     output_npz: str | Path,
     evaluation: Mapping,
     seed: int,
+    train_policy: str | None = None,
     weights: str | Path | None = None,
     threads: int = 1,
 ) -> dict:
@@ -119,9 +121,9 @@ def evaluate(
     split_seconds = time.perf_counter() - scored_at
     counts = meta["splits"][split]
     result = {
-        "model": model_key, "stage": stage, "domain": domain, "portion": portion,
+        "model": model_key, "stage": stage, "train_policy": train_policy, "domain": domain, "portion": portion,
         "model_path": model_spec["name_or_path"], "weights": None if weights is None else str(weights),
-        "split": split, "join_policy": meta["join_policy"], "window": window, "stride": stride,
+        "split": split, "eval_policy": meta["join_policy"], "window": window, "stride": stride,
         "prefix": prefix, "prefix_token_id": int(prefix_id), "precision": precision, "device": device.type,
         **perplexities(nll, counts["words"], counts["bytes"]),
         "mean_nll": float(nll.mean()),

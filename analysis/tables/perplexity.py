@@ -20,13 +20,13 @@ from analysis.errors import PipelineError
 from analysis.tables.common import ordered_by_portion, save_figure, write_table
 
 COLUMNS = [
-    "model", "mode", "domain", "portion", "split", "join_policy", "tokens", "words", "bytes",
+    "model", "mode", "train_policy", "domain", "portion", "split", "eval_policy", "tokens", "words", "bytes",
     "ppl_zero_shot", "ppl_adapted", "ppl_change", "ppl_change_percent",
     "word_ppl_zero_shot", "word_ppl_adapted", "byte_ppl_zero_shot", "byte_ppl_adapted",
     "bits_per_byte_zero_shot", "bits_per_byte_adapted", "window", "stride",
 ]
 CORRELATION_COLUMNS = [
-    "model", "mode", "corpus", "pretraining_corpus", "portion", "n",
+    "model", "mode", "train_policy", "corpus", "pretraining_corpus", "portion", "n",
     "spearman_mmd", "spearman_mmd_p", "pearson_mmd", "pearson_mmd_p",
     "spearman_fd", "spearman_fd_p", "pearson_fd", "pearson_fd_p",
 ]
@@ -50,16 +50,16 @@ def collect(zero_shot: Sequence[str | Path], adapted: Sequence[str | Path]) -> p
         z = base.get((a["model"], a["domain"]))
         if z is None:
             raise PipelineError(f"{path}: no zero-shot evaluation of {a['model']} on {a['domain']} among the inputs")
-        for key in ("split", "join_policy", "window", "stride", "tokens", "prefix_token_id"):
+        for key in ("split", "eval_policy", "window", "stride", "tokens", "prefix_token_id"):
             if z[key] != a[key]:
                 raise PipelineError(
                     f"{path}: {key} = {a[key]!r} but the zero-shot evaluation has {z[key]!r}; "
                     "rerun both with the same evaluation settings"
                 )
         rows.append({
-            "model": a["model"], "mode": a["stage"], "domain": a["domain"], "portion": a["portion"],
-            "split": a["split"], "join_policy": a["join_policy"], "tokens": a["tokens"], "words": a["words"],
-            "bytes": a["bytes"],
+            "model": a["model"], "mode": a["stage"], "train_policy": a["train_policy"], "domain": a["domain"],
+            "portion": a["portion"], "split": a["split"], "eval_policy": a["eval_policy"], "tokens": a["tokens"],
+            "words": a["words"], "bytes": a["bytes"],
             "ppl_zero_shot": z["token_perplexity"], "ppl_adapted": a["token_perplexity"],
             "ppl_change": z["token_perplexity"] - a["token_perplexity"],
             "ppl_change_percent": 100 * (z["token_perplexity"] - a["token_perplexity"]) / z["token_perplexity"],
@@ -125,10 +125,11 @@ def correlations(perplexity: pd.DataFrame, distance: pd.DataFrame, pretraining: 
     perplexity change with MMD and with FD, their two-sided p-values and the number of domains."""
     joined = perplexity.merge(distance.drop(columns="portion"), on="domain", how="inner")
     rows = []
-    for (model, mode, corpus), group in joined.groupby(["model", "mode", "corpus"], sort=False):
+    for (model, mode, policy, corpus), group in joined.groupby(["model", "mode", "train_policy", "corpus"],
+                                                               sort=False):
         for portion in ["all", *sorted(group["portion"].unique())]:
             part = group if portion == "all" else group[group["portion"] == portion]
-            row = {"model": model, "mode": mode, "corpus": corpus,
+            row = {"model": model, "mode": mode, "train_policy": policy, "corpus": corpus,
                    "pretraining_corpus": pretraining.get(model) == corpus, "portion": portion, "n": len(part)}
             for measure in ("mmd", "fd"):
                 stats = _correlate(part[measure].to_numpy(float), part["ppl_change"].to_numpy(float))
@@ -162,7 +163,7 @@ def _rescale(values: np.ndarray) -> np.ndarray:
 
 
 def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: str, mode: str, corpus: str,
-                      path: str | Path) -> None:
+                      path: str | Path, policy: str | None = None) -> None:
     """The paper's Figure 1: perplexity change per domain (bars), with MMD and FD to the model's
     pretraining corpus rescaled to [0, 1] (lines, right axis); portions shaded. When the changes span
     more than two orders of magnitude the bars use a symmetric log scale, so small changes stay visible."""
@@ -171,9 +172,12 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = perplexity[(perplexity["model"] == model) & (perplexity["mode"] == mode)].set_index("domain")
+    selected = (perplexity["model"] == model) & (perplexity["mode"] == mode)
+    if policy is not None:
+        selected &= perplexity["train_policy"] == policy
+    rows = perplexity[selected].set_index("domain")
     if rows.empty:
-        raise PipelineError(f"no perplexity rows for model {model!r}, mode {mode!r}")
+        raise PipelineError(f"no perplexity rows for model {model!r}, mode {mode!r}, training policy {policy!r}")
     domains = ordered_by_portion(list(rows.index), rows["portion"].to_dict())
     rows = rows.loc[domains]
     dist = distance[distance["corpus"] == corpus].set_index("domain").reindex(domains)
@@ -204,7 +208,8 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     axis.set_xticks(x)
     axis.set_xticklabels(domains, rotation=60, ha="right", fontsize=7)
     axis.set_ylabel(f"perplexity change{scale}; positive: better")
-    axis.set_title(f"{model}, mode {mode}: perplexity change after one epoch of adaptation", fontsize=10)
+    trained = f", trained on '{policy}' text" if policy else ""
+    axis.set_title(f"{model}, mode {mode}{trained}: perplexity change after one epoch of adaptation", fontsize=10)
     handles = [h for a in (axis, right) for h in a.get_legend_handles_labels()[0]]
     labels = [lab for a in (axis, right) for lab in a.get_legend_handles_labels()[1]]
     axis.legend(handles, labels, fontsize=7, loc="upper left")

@@ -14,6 +14,7 @@ TARGETS = {
     "similarity": "tables/similarity.tsv",
     "perplexity": "tables/perplexity.tsv",
     "correlation": "tables/correlation.tsv",
+    "join_policy": "tables/join_policy.tsv",
 }
 
 
@@ -25,7 +26,7 @@ def _read(path: Path, table: str) -> pd.DataFrame:
 
 
 def load_table(results: str | Path, table: str, model: str | None = None, mode: str | None = None,
-               domain: str | None = None) -> pd.DataFrame:
+               domain: str | None = None) -> pd.DataFrame:  # the token tables are those of the main grid
     """A table under ``results``. ``tokens``: every model and mode's summary, or, with a domain, that
     domain's per-token table (model and mode chosen by the filters when there are several)."""
     results = Path(results)

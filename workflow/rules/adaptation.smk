@@ -62,19 +62,21 @@ rule tokenize_domain:
 rule adapt:
     input:
         model=model_inputs,
-        tokens=f"{RESULTS}/tokens/{{model}}/{TRAIN_POLICY}/{{domain}}.npz",
+        tokens=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.npz",
     output:
-        weights=directory(f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/weights"),
-        metrics=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",
-        memory=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/memory.json",
-        curves=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.tsv",
-        figure=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/curves.png",
-        deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/deepspeed_config.json",
-        scheme=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/scheme.json",
+        weights=directory(
+            f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights"
+        ),
+        metrics=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json",
+        memory=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/memory.json",
+        curves=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/curves.tsv",
+        figure=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/curves.png",
+        deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/deepspeed_config.json",
+        scheme=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/scheme.json",
     log:
-        f"{LOGS}/adapt/{{model}}/{{mode}}/{{domain}}.log",
+        f"{LOGS}/adapt/{{model}}/{{policy}}/{{mode}}/{{domain}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/adapt/{{model}}/{{mode}}/{{domain}}.tsv"
+        f"{RESULTS}/benchmarks/adapt/{{model}}/{{policy}}/{{mode}}/{{domain}}.tsv"
     retries: ADAPTATION["retries"]
     conda:
         "../../envs/adaptation.yaml"

@@ -41,8 +41,11 @@ MODES = ADAPTATION["modes"]
 ADAPTATION_DOMAINS = list(config["domains"]["adaptation"])
 EVALUATION = config["evaluation"]
 # How a split's lines become the text a model trains on and the text it is evaluated on.
-TRAIN_POLICY = config["m2d2"]["document_policy"]
+TRAIN_POLICY = ADAPTATION["join_policy"]
 EVAL_POLICY = EVALUATION["join_policy"]
+# The join-policy ablation: (model, policy, domain) runs in one mode, beside the main grid.
+ABLATION = ADAPTATION["join_ablation"]
+ABLATION_DOMAINS = list(ABLATION["domains"] or ADAPTATION_DOMAINS)
 DEMO = config["demo"]
 DEMO_OUTPUTS = (
     demo_lib.output_paths(DEMO["root"], DEMO["archived_domains"])
@@ -60,7 +63,7 @@ wildcard_constraints:
     corpus=_alternatives(CORPORA),
     kind="sources|domains",
     model=_alternatives(MODELS) if MODELS else "(?!)",
-    mode=_alternatives(MODES),
+    mode=_alternatives(MODES + [ABLATION["mode"]]),
     name=_alternatives(DOMAINS + CORPORA),
     policy=_alternatives(m2d2_lib.JOIN_POLICIES),
 
@@ -85,12 +88,35 @@ def similarity_targets():
     ]
 
 
+def adapted_runs():
+    """(model, policy, mode, domain) of every adaptation: the main grid under the training join
+    policy, then the join-policy ablation, without repeats."""
+    main = [
+        (model, TRAIN_POLICY, mode, domain)
+        for model in MODELS
+        for mode in MODES
+        for domain in ADAPTATION_DOMAINS
+    ]
+    ablation = [
+        (model, policy, ABLATION["mode"], domain)
+        for model in ABLATION["models"]
+        for policy in ABLATION["policies"]
+        for domain in ABLATION_DOMAINS
+    ]
+    return list(dict.fromkeys(main + ablation))
+
+
+def adapted_paths(pattern):
+    """``pattern`` (with {model}, {policy}, {mode}, {domain}) for every adapted run."""
+    return [
+        pattern.format(model=m, policy=p, mode=mode, domain=d)
+        for m, p, mode, d in adapted_runs()
+    ]
+
+
 def adaptation_targets():
-    return expand(
-        f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",
-        model=MODELS,
-        mode=MODES,
-        domain=ADAPTATION_DOMAINS,
+    return adapted_paths(
+        f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json"
     )
 
 
@@ -108,6 +134,18 @@ def evaluation_targets():
         *expand(f"{RESULTS}/figures/tokens_{{model}}_{{mode}}.png", **pairs),
         *expand(f"{RESULTS}/tables/tokens/{{model}}/{{mode}}/summary.md", **pairs),
         *expand(f"{RESULTS}/figures/curves_{{model}}_{{mode}}.png", **pairs),
+        *join_policy_targets(),
+    ]
+
+
+def join_policy_targets():
+    if not ABLATION["models"]:
+        return []
+    return [
+        *expand(f"{RESULTS}/tables/join_policy.{{ext}}", ext=["tsv", "md"]),
+        *expand(
+            f"{RESULTS}/figures/join_policy_{{model}}.png", model=ABLATION["models"]
+        ),
     ]
 
 
@@ -133,15 +171,16 @@ def adapt_spec(wildcards, output, threads):
     import shlex
 
     spec = {
-        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.mode}/{wildcards.domain}.log",
+        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}.log",
         "model_key": wildcards.model,
         "model_spec": config["models"][wildcards.model],
         "mode": wildcards.mode,
+        "join_policy": wildcards.policy,
         "scheme_options": ADAPTATION["schemes"],
         "domain": wildcards.domain,
-        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{TRAIN_POLICY}/{wildcards.domain}.npz",
+        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{wildcards.policy}/{wildcards.domain}.npz",
         "output_dir": str(Path(output.metrics).parent),
-        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.mode}/{wildcards.domain}",
+        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}",
         "adaptation": {
             k: ADAPTATION[k]
             for k in (
@@ -158,12 +197,38 @@ def adapt_spec(wildcards, output, threads):
     return shlex.quote(json.dumps(spec))
 
 
+def join_policy_runs(input):
+    """The ablation's runs, each with the evaluation files (without extension) of its zero-shot and
+    adapted model, from the inputs of rule join_policy_table (expanded json before npz).
+    """
+    zero_shot = iter(input.zero_shot[::2])
+    stems = {
+        (model, domain): Path(next(zero_shot)).with_suffix("")
+        for model in ABLATION["models"]
+        for domain in ABLATION_DOMAINS
+    }
+    adapted = iter(input.adapted[::2])
+    return [
+        {
+            "model": model,
+            "policy": policy,
+            "domain": domain,
+            "zero_shot": str(stems[model, domain]),
+            "adapted": str(Path(next(adapted)).with_suffix("")),
+        }
+        for model in ABLATION["models"]
+        for policy in ABLATION["policies"]
+        for domain in ABLATION_DOMAINS
+    ]
+
+
 def evaluation_spec(wildcards):
     """Arguments of analysis.lm.evaluate.evaluate shared by rules zero_shot and evaluate."""
     return {
         "model_key": wildcards.model,
         "model_spec": config["models"][wildcards.model],
         "stage": wildcards.get("mode", "zero_shot"),
+        "train_policy": wildcards.get("policy"),
         "domain": wildcards.domain,
         "portion": config_lib.domain_portion(config, wildcards.domain),
         "evaluation": EVALUATION,

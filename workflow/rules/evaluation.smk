@@ -32,15 +32,15 @@ rule evaluate:
         model=model_inputs,
         tokens=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.npz",
         metadata=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.json",
-        weights=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/weights",
-        adapted=f"{RESULTS}/adapted/{{model}}/{{mode}}/{{domain}}/metrics.json",
+        weights=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights",
+        adapted=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json",
     output:
-        json=f"{RESULTS}/eval/{{model}}/{{mode}}/{{domain}}.json",
-        npz=f"{RESULTS}/eval/{{model}}/{{mode}}/{{domain}}.npz",
+        json=f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.json",
+        npz=f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.npz",
     log:
-        f"{LOGS}/evaluate/{{model}}/{{mode}}/{{domain}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{policy}}/{{mode}}/{{domain}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{mode}}/{{domain}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{policy}}/{{mode}}/{{domain}}.tsv"
     conda:
         "../../envs/adaptation.yaml"
     threads: EVALUATION["threads"]
@@ -61,11 +61,8 @@ rule perplexity_table:
             model=MODELS,
             domain=ADAPTATION_DOMAINS,
         ),
-        adapted=expand(
-            f"{RESULTS}/eval/{{model}}/{{mode}}/{{domain}}.json",
-            model=MODELS,
-            mode=MODES,
-            domain=ADAPTATION_DOMAINS,
+        adapted=adapted_paths(
+            f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.json"
         ),
     output:
         tsv=report(
@@ -127,6 +124,7 @@ rule perplexity_figure:
         "../../envs/adaptation.yaml"
     params:
         corpus=lambda wildcards: config["models"][wildcards.model]["corpus"],
+        policy=TRAIN_POLICY,
     script:
         "../scripts/perplexity_figure.py"
 
@@ -139,7 +137,7 @@ rule token_tables:
             domain=ADAPTATION_DOMAINS,
         ),
         adapted=lambda wildcards: expand(
-            f"{RESULTS}/eval/{wildcards.model}/{wildcards.mode}/{{domain}}.npz",
+            f"{RESULTS}/eval/{wildcards.model}/{TRAIN_POLICY}/{wildcards.mode}/{{domain}}.npz",
             domain=ADAPTATION_DOMAINS,
         ),
     output:
@@ -178,7 +176,7 @@ rule token_tables:
 rule curves_figure:
     input:
         lambda wildcards: expand(
-            f"{RESULTS}/adapted/{wildcards.model}/{wildcards.mode}/{{domain}}/curves.tsv",
+            f"{RESULTS}/adapted/{wildcards.model}/{TRAIN_POLICY}/{wildcards.mode}/{{domain}}/curves.tsv",
             domain=ADAPTATION_DOMAINS,
         ),
     output:
@@ -195,3 +193,45 @@ rule curves_figure:
         domains=ADAPTATION_DOMAINS,
     script:
         "../scripts/curves_figure.py"
+
+
+rule join_policy_table:
+    input:
+        zero_shot=expand(
+            f"{RESULTS}/eval/{{model}}/zero_shot/{{domain}}.{{ext}}",
+            model=ABLATION["models"],
+            domain=ABLATION_DOMAINS,
+            ext=["json", "npz"],
+        ),
+        adapted=expand(
+            f"{RESULTS}/eval/{{model}}/{{policy}}/{ABLATION['mode']}/{{domain}}.{{ext}}",
+            model=ABLATION["models"],
+            policy=ABLATION["policies"],
+            domain=ABLATION_DOMAINS,
+            ext=["json", "npz"],
+        ),
+    output:
+        tsv=report(
+            f"{RESULTS}/tables/join_policy.tsv",
+            caption="../report/join_policy_table.rst",
+            category="Join policy",
+        ),
+        markdown=f"{RESULTS}/tables/join_policy.md",
+        figures=report(
+            expand(
+                f"{RESULTS}/figures/join_policy_{{model}}.png",
+                model=ABLATION["models"],
+            ),
+            caption="../report/join_policy_figure.rst",
+            category="Join policy",
+        ),
+    log:
+        f"{LOGS}/join_policy_table.log",
+    conda:
+        "../../envs/adaptation.yaml"
+    params:
+        runs=lambda wildcards, input: join_policy_runs(input),
+        mode=ABLATION["mode"],
+        tokenizers={m: config["models"][m]["name_or_path"] for m in ABLATION["models"]},
+    script:
+        "../scripts/join_policy_table.py"
