@@ -125,20 +125,6 @@ def _cross_check(config: dict, source: str) -> None:
             "'adaptation.schemes.auto_sparse.budget_mib' (the memory budget in MiB)"
         )
 
-    ablation = adaptation["join_ablation"]
-    for name in ablation["models"]:
-        if name not in config["models"]:
-            raise ConfigError(
-                f"{source}: 'adaptation.join_ablation.models' names {name!r}, which is not a key of "
-                f"'models' ({', '.join(sorted(config['models'])) or 'none'})"
-            )
-    for name in ablation["domains"] or []:
-        if name not in domains["adaptation"]:
-            raise ConfigError(
-                f"{source}: 'adaptation.join_ablation.domains' names {name!r}, which is not in "
-                f"'domains.adaptation'{catalogue.did_you_mean(name, domains['adaptation'])}"
-            )
-
     for name, model in config["models"].items():
         built = f"results/models/{name}/hf"
         if "pretrain" in model and model["name_or_path"] != built:
@@ -185,6 +171,20 @@ def _cross_check(config: dict, source: str) -> None:
                     f"{source}: 'domains.{key}' names unknown domain {name!r}: not in "
                     f"{known_what}{catalogue.did_you_mean(name, known)}"
                 )
+    # After the models and domains themselves, so that their own errors are reported first.
+    ablation = adaptation["join_ablation"]
+    for name in ablation["models"]:
+        if name not in config["models"]:
+            raise ConfigError(
+                f"{source}: 'adaptation.join_ablation.models' names {name!r}, which is not a key of "
+                f"'models' ({', '.join(sorted(config['models'])) or 'none'})"
+            )
+    for name in ablation["domains"] or []:
+        if name not in domains["adaptation"]:
+            raise ConfigError(
+                f"{source}: 'adaptation.join_ablation.domains' names {name!r}, which is not in "
+                f"'domains.adaptation'{catalogue.did_you_mean(name, domains['adaptation'])}"
+            )
 
 
 def similarity_domains(config: Mapping) -> list[str]:
