@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,46 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     assert max(float((resumed[k] - reference[k]).abs().max()) for k in reference) < 1e-5
     # Back to the demo's params, and everything downstream of the retrained run up to date again.
     assert snakemake(workdir, configfile=demo_configfile).returncode == 0
+
+
+def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(demo_run):
+    """SIGTERM to the training process mid-epoch, as SLURM sends it at preemption or at the time
+    limit: the job saves a checkpoint and fails; Snakemake's retry resumes from that checkpoint."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    workdir, configfile = demo_run
+    target = "results/adapted/tiny-gpt2/keep/full/hep-ex/metrics.json"
+    run = workdir / "results/adapted/tiny-gpt2/keep/full/hep-ex"
+    log = workdir / "results/logs/adapt/tiny-gpt2/keep/full/hep-ex.log"
+    reference = load_file(str(run / "weights/model.safetensors"))
+    shutil.rmtree(run)
+    log.unlink()
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", "--retries", "1",
+               target, "--configfile", str(configfile)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=job_environment(),
+                               text=True)
+    deadline, signalled = time.monotonic() + 300, None
+    while signalled is None and process.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and "'step': 0" in log.read_text(errors="replace"):  # the epoch has begun
+            # The Python process itself, not the bash that Snakemake starts it from.
+            pattern = f"^{re.escape(sys.executable)} .*adapt.py.*keep/full/hep-ex"
+            found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            if found:
+                signalled = int(found[0])
+                os.kill(signalled, signal.SIGTERM)
+        time.sleep(0.005)
+    output = process.communicate(timeout=600)[0]
+    assert signalled is not None and process.returncode == 0, output[-3000:]
+    assert "Error in rule adapt" in output  # the first attempt stopped ...
+    resumed = re.search(r"resumed from checkpoints/adapt/tiny-gpt2/keep/full/hep-ex at step (\d+) of (\d+)",
+                        log.read_text())
+    assert resumed and 0 < int(resumed[1]) < int(resumed[2]), output[-3000:]  # ... and the retry went on
+    weights = load_file(str(run / "weights/model.safetensors"))
+    assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-5
+    assert snakemake(workdir, configfile=configfile).returncode == 0  # downstream up to date again
 
 
 def test_demo_perplexity_tables_and_figures(demo_run):
@@ -340,6 +381,25 @@ def test_sample_larger_than_corpus_fails_the_job_with_a_clear_message(tmp_path):
     assert "has 2 non-empty texts but corpora.web.n_texts asks for 5" in result.output
     assert (tmp_path / "results/samples/domains/hep-ex.parquet").is_file()  # the other job still ran
     assert not (tmp_path / "results/samples/sources/web.parquet").exists()
+
+
+def test_paper_preset_plans_the_full_grid_with_per_model_resources(tmp_path):
+    """The paper's grid as a dry run over a skeleton M2D2 tree (benchmarks/dag_scale.py times it)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from dag_scale import skeleton
+
+    configfile = skeleton(tmp_path, yaml.safe_load((REPO / "presets/paper.yaml").read_text()))
+    result = snakemake(tmp_path, "-n", configfile=configfile)
+    assert result.returncode == 0, result.output[-3000:]
+    counts = job_counts(result.output)
+    assert counts["adapt"] == 5 * 20 and counts["evaluate"] == 5 * 20 and counts["zero_shot"] == 5 * 20
+    assert counts["embed"] == 3 + 199 and counts["distance"] == 3 * 199
+    # Resources follow the model: GPT-2 small and LLaMA-7B adapt jobs ask for different memory.
+    jobs = result.output.split("\n\n")
+    gpt2 = next(j for j in jobs if "rule adapt:" in j and "model=gpt2," in j)
+    llama = next(j for j in jobs if "rule adapt:" in j and "model=llama-7b," in j)
+    assert "mem_mb=32000" in gpt2 and "runtime=240" in gpt2 and "gpu=1" in gpt2
+    assert "mem_mb=256000" in llama and "runtime=2880" in llama
 
 
 def test_lint_is_clean():

@@ -23,6 +23,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +60,30 @@ class TrainSettings:
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised by ``train(stop_after=...)``: stands in for a killed job in tests."""
+    """Training stopped before the end of the epoch with a checkpoint saved: on SIGTERM, or by
+    ``train(stop_after=...)`` (which stands in for a killed job in tests)."""
+
+
+class TerminationRequest:
+    """SIGTERM (what SLURM sends at preemption and at the time limit, ahead of SIGKILL) is noted, so
+    the loop can finish its step, save a checkpoint and stop; the rerun resumes from it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "TerminationRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = True
+        log.warning("SIGTERM received: checkpointing after this step, then stopping")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def resolve_precision(dtype: str, device: torch.device) -> str:
@@ -227,34 +252,38 @@ def train(
         record_curve(0)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not progress or rank != 0,
                mininterval=5, file=None)
-    while state["step"] < total_steps:
-        step = state["step"]
-        torch.manual_seed(settings.seed * 1_000_003 + step)
-        start = time.perf_counter()
-        for micro in range(settings.gradient_accumulation_steps):
-            first = (step * settings.gradient_accumulation_steps + micro) * settings.micro_batch_size * world
-            mine = order[first + rank * settings.micro_batch_size : first + (rank + 1) * settings.micro_batch_size]
-            batch = torch.as_tensor(blocks[mine], dtype=torch.long, device=device)
-            if state["memory"] is None:
-                with SavedTensorMeter(engine.module) as meter:
+    with TerminationRequest() as termination:
+        while state["step"] < total_steps:
+            step = state["step"]
+            torch.manual_seed(settings.seed * 1_000_003 + step)
+            start = time.perf_counter()
+            for micro in range(settings.gradient_accumulation_steps):
+                first = (step * settings.gradient_accumulation_steps + micro) * settings.micro_batch_size * world
+                mine = order[first + rank * settings.micro_batch_size : first + (rank + 1) * settings.micro_batch_size]
+                batch = torch.as_tensor(blocks[mine], dtype=torch.long, device=device)
+                if state["memory"] is None:
+                    with SavedTensorMeter(engine.module) as meter:
+                        loss = forward_loss(engine, batch, settings.loss, module=engine.module)
+                    saved = meter.result()
+                else:
                     loss = forward_loss(engine, batch, settings.loss, module=engine.module)
-                saved = meter.result()
-            else:
-                loss = forward_loss(engine, batch, settings.loss, module=engine.module)
-            engine.backward(loss)
-            engine.step()
-        state["train_seconds"] += time.perf_counter() - start
-        if state["memory"] is None:
-            state["memory"] = _memory_record(engine, optimizer, params, saved, settings, block_size)
-        state["step"] = step + 1
-        bar.update(1)
-        if state["step"] in points:
-            record_curve(state["step"])
-        if (every and state["step"] % every == 0) or (not every and state["step"] in points):
-            if state["step"] < total_steps:
+                engine.backward(loss)
+                engine.step()
+            state["train_seconds"] += time.perf_counter() - start
+            if state["memory"] is None:
+                state["memory"] = _memory_record(engine, optimizer, params, saved, settings, block_size)
+            state["step"] = step + 1
+            bar.update(1)
+            if state["step"] in points:
+                record_curve(state["step"])
+            due = (every and state["step"] % every == 0) or (not every and state["step"] in points)
+            if state["step"] < total_steps and (due or termination.received):
                 save(state["step"])
-        if stop_after is not None and state["step"] >= stop_after:
-            raise TrainingInterrupted(f"stopped after step {state['step']}")
+            if stop_after is not None and state["step"] >= stop_after:
+                raise TrainingInterrupted(f"stopped after step {state['step']}")
+            if termination.received and state["step"] < total_steps:
+                raise TrainingInterrupted(f"SIGTERM: stopped after step {state['step']} of {total_steps} with a "
+                                          "checkpoint saved; rerun to resume")
     bar.close()
     tokens = total_steps * per_step * block_size
     return {

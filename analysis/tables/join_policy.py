@@ -36,7 +36,8 @@ def _group(frame: pd.DataFrame, mask: pd.Series) -> tuple[int, float, float]:
     """Tokens, summed zero-shot NLL and summed adapted NLL of the rows in ``mask``."""
     part = frame[mask]
     count = int(part["count"].sum())
-    return count, float((part["nll_zero_shot"] * part["count"]).sum()), float((part["nll_adapted"] * part["count"]).sum())
+    zero = float((part["nll_zero_shot"] * part["count"]).sum())
+    return count, zero, float((part["nll_adapted"] * part["count"]).sum())
 
 
 def _ppl(total: float, count: int) -> float:

@@ -20,7 +20,7 @@ rule pretrain_base:
     threads: ADAPTATION["threads"]
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=grows(120),
     params:
         corpus_spec=lambda wildcards: config["corpora"][
             config["models"][wildcards.model]["corpus"]
@@ -82,9 +82,9 @@ rule adapt:
         "../../envs/adaptation.yaml"
     threads: ADAPTATION["threads"]
     resources:
-        mem_mb=16000,
-        runtime=720,
-        gpu=ADAPTATION["gpus"],
+        mem_mb=model_resource("adapt", "mem_mb"),
+        runtime=model_resource("adapt", "runtime"),
+        gpu=model_resource("adapt", "gpus"),
     params:
         launcher=lambda wildcards, resources: launcher(resources.gpu),
         spec=lambda wildcards, output, threads: adapt_spec(wildcards, output, threads),

@@ -236,6 +236,26 @@ def evaluation_spec(wildcards):
     }
 
 
+def grows(minutes):
+    """A runtime that grows with each attempt, so a job retried after hitting its time limit
+    (SLURM kills it at the limit) gets longer."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
+def model_resource(stage, key):
+    """A resource of a model's adapt or evaluation job (models.<name>.resources.<stage>); gpus null
+    falls back to adaptation.gpus / evaluation.gpus; runtime grows with the attempt."""
+    fallback = {"adapt": ADAPTATION, "evaluate": EVALUATION}[stage]["gpus"]
+
+    def resource(wildcards, attempt):
+        value = config["models"][wildcards.model]["resources"][stage][key]
+        if key == "gpus":
+            return fallback if value is None else value
+        return value * attempt if key == "runtime" else value
+
+    return resource
+
+
 def launcher(gpus):
     """One process, or `deepspeed --num_gpus N` for multi-GPU jobs."""
     script = workflow.source_path("../scripts/adapt.py")

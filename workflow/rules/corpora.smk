@@ -37,7 +37,7 @@ rule sample_source:
     resources:
         # The reservoir holds the sample itself: raise this for 1M texts of long documents.
         mem_mb=16000,
-        runtime=240,
+        runtime=grows(240),
     params:
         spec=lambda wildcards: config["corpora"][wildcards.corpus],
         seed=config["seed"],

@@ -18,9 +18,9 @@ rule zero_shot:
         "../../envs/adaptation.yaml"
     threads: EVALUATION["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=EVALUATION["gpus"],
+        mem_mb=model_resource("evaluate", "mem_mb"),
+        runtime=model_resource("evaluate", "runtime"),
+        gpu=model_resource("evaluate", "gpus"),
     params:
         spec=evaluation_spec,
     script:
@@ -45,9 +45,9 @@ rule evaluate:
         "../../envs/adaptation.yaml"
     threads: EVALUATION["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=EVALUATION["gpus"],
+        mem_mb=model_resource("evaluate", "mem_mb"),
+        runtime=model_resource("evaluate", "runtime"),
+        gpu=model_resource("evaluate", "gpus"),
     params:
         spec=evaluation_spec,
     script:

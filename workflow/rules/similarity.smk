@@ -16,7 +16,7 @@ rule embed:
     threads: SIMILARITY["threads"]
     resources:
         mem_mb=8000,
-        runtime=600,
+        runtime=grows(600),
         gpu=SIMILARITY["gpus"],
     params:
         model=SIMILARITY["model"],
