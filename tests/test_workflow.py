@@ -321,6 +321,20 @@ def test_each_corpus_and_domain_is_embedded_once(demo_run):
     assert counts["distance"] == 1 * 6
 
 
+def test_forcing_one_domain_reruns_only_its_dependents(demo_run):
+    workdir, configfile = demo_run
+    forced = "results/adapted/tiny-gpt2/keep/full/hep-ex/metrics.json"
+    result = snakemake(workdir, "-n", "--forcerun", forced, configfile=configfile)
+    assert result.returncode == 0, result.output[-3000:]
+    counts = job_counts(result.output)
+    # The run, its evaluation, and the tables and figures that gather it (Figure 1 of both modes
+    # reads the perplexity table); no other domain, no zero-shot, no similarity job.
+    assert counts == {"adapt": 1, "evaluate": 1, "perplexity_table": 1, "correlation_table": 1,
+                      "perplexity_figure": 2, "token_tables": 1, "curves_figure": 1, "join_policy_table": 1,
+                      "all": 1}, counts
+    assert "wildcards: model=tiny-gpt2, policy=keep, mode=full, domain=hep-ex" in result.output
+
+
 def test_nothing_reruns_when_up_to_date(demo_run):
     workdir, configfile = demo_run
     result = snakemake(workdir, "-n", configfile=configfile)
