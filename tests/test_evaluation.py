@@ -252,3 +252,17 @@ def test_token_tables_write_per_domain_tables_summary_and_figure(evaluated, tmp_
         assert group["count"].sum() == summary.set_index("split").loc[split, "tokens"]
     assert "\\n" in set(table["token"])  # the keep policy scores newline tokens
     assert (tmp_path / "tokens.png").stat().st_size > 10_000
+
+
+def test_a_window_longer_than_the_model_is_refused(evaluated):
+    from analysis.lm.evaluate import evaluate
+
+    root, _, _, _ = evaluated
+    spec = {"name_or_path": str(root / "model"), "context_length": 32, "dtype": "auto"}
+    evaluation = {"split": "test", "window": 64, "stride": None, "batch_size": 4,
+                  "token_level": {"splits": [], "chunks": 1, "chunk_tokens": 8}}
+    with pytest.raises(PipelineError, match="evaluation.window = 64 exceeds the model's 32 positions"):
+        evaluate(model_key="tiny", model_spec=spec, stage="zero_shot", domain="dom", portion="wiki",
+                 tokens=root / "dom.npz", tokens_metadata=root / "dom.json", output_json=root / "never.json",
+                 output_npz=root / "never.npz", evaluation=evaluation, seed=1)
+    assert not (root / "never.json").exists()
