@@ -335,6 +335,24 @@ def test_forcing_one_domain_reruns_only_its_dependents(demo_run):
     assert "wildcards: model=tiny-gpt2, policy=keep, mode=full, domain=hep-ex" in result.output
 
 
+def test_adding_a_domain_computes_only_that_domain_and_the_aggregates(demo_run, tmp_path):
+    workdir, configfile = demo_run
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["domains"]["adaptation"].append("cond-mat.str-el")
+    extended = tmp_path / "extended.yaml"
+    extended.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(workdir, "-n", configfile=extended)
+    assert result.returncode == 0, result.output[-3000:]
+    counts = job_counts(result.output)
+    # One new domain: its sample, embedding, distance, tokens, zero-shot, two modes; then the tables.
+    for rule, n in {"sample_domain": 1, "embed": 1, "distance": 1, "tokenize_domain": 1, "zero_shot": 1,
+                    "adapt": 2, "evaluate": 2}.items():
+        assert counts.get(rule) == n, counts
+    assert "pretrain_base" not in counts and "sample_source" not in counts
+    domains = set(re.findall(r"wildcards: .*domain=([\w.-]+)", result.output))
+    assert domains == {"cond-mat.str-el"}, domains
+
+
 def test_nothing_reruns_when_up_to_date(demo_run):
     workdir, configfile = demo_run
     result = snakemake(workdir, "-n", configfile=configfile)
