@@ -48,3 +48,16 @@ def save_figure(figure, path: str | Path, dpi: int = 150) -> None:
 def ordered_by_portion(domains: Sequence[str], portions: dict[str, str]) -> list[str]:
     """Wikipedia domains first, then S2ORC, each in the given order (the paper's figure order)."""
     return [d for d in domains if portions[d] == "wiki"] + [d for d in domains if portions[d] != "wiki"]
+
+
+PORTION_COLOURS = {"wiki": "tab:blue", "s2orc": "tab:orange"}
+PORTION_NAMES = {"wiki": "Wikipedia", "s2orc": "S2ORC"}
+
+
+def shade_portions(axis, domains: Sequence[str], portions: dict[str, str], alpha: float = 0.10) -> None:
+    """Shade the x range of each portion's domains (bars at 0 .. n-1), labelled for the legend."""
+    for portion, colour in PORTION_COLOURS.items():
+        members = [i for i, d in enumerate(domains) if portions[d] == portion]
+        if members:
+            axis.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=alpha,
+                         label=f"{PORTION_NAMES[portion]} portion")

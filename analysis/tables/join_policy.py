@@ -17,8 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tables.common import ordered_by_portion, save_figure, write_table
-from analysis.tables.perplexity import PORTION_COLOURS, PORTION_NAMES
+from analysis.tables.common import ordered_by_portion, save_figure, shade_portions, write_table
 from analysis.tables.tokens import load_chunks, splits_of, token_changes
 
 COLUMNS = [
@@ -130,11 +129,7 @@ def join_policy_figure(frame: pd.DataFrame, model: str, path: str | Path) -> Non
               ("newline_change_percent", "perplexity change on newline tokens (%)")]
     frame = frame.assign(newline_change_percent=100 * frame["ppl_newline_change"] / frame["ppl_newline_zero_shot"])
     for axis, (column, label) in zip(axes, panels):
-        for portion, colour in PORTION_COLOURS.items():
-            members = [i for i, d in enumerate(domains) if portions[d] == portion]
-            if members:
-                axis.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=0.10,
-                             label=f"{PORTION_NAMES[portion]} portion")
+        shade_portions(axis, domains, portions)
         for k, policy in enumerate(policies):
             values = frame[frame["train_policy"] == policy].set_index("domain").reindex(domains)[column]
             axis.bar(x - 0.4 + width * (k + 0.5), values, width=width, label=f"trained on '{policy}' text")

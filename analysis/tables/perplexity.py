@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import ordered_by_portion, save_figure, write_table
+from analysis.tables.common import ordered_by_portion, save_figure, shade_portions, write_table
 
 COLUMNS = [
     "model", "mode", "train_policy", "domain", "portion", "split", "eval_policy", "tokens", "words", "bytes",
@@ -30,8 +30,6 @@ CORRELATION_COLUMNS = [
     "spearman_mmd", "spearman_mmd_p", "pearson_mmd", "pearson_mmd_p",
     "spearman_fd", "spearman_fd_p", "pearson_fd", "pearson_fd_p",
 ]
-PORTION_COLOURS = {"wiki": "tab:blue", "s2orc": "tab:orange"}
-PORTION_NAMES = {"wiki": "Wikipedia", "s2orc": "S2ORC"}
 
 
 def _read(path: str | Path) -> dict:
@@ -183,11 +181,7 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     dist = distance[distance["corpus"] == corpus].set_index("domain").reindex(domains)
     x = np.arange(len(domains))
     figure, axis = plt.subplots(figsize=(max(6.5, min(0.45 * len(domains) + 3, 40.0)), 4.8))
-    for portion, colour in PORTION_COLOURS.items():
-        members = [i for i, d in enumerate(domains) if rows.loc[d, "portion"] == portion]
-        if members:
-            axis.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=0.10,
-                         label=f"{PORTION_NAMES[portion]} portion")
+    shade_portions(axis, domains, rows["portion"].to_dict())
     change = rows["ppl_change"].to_numpy(float)
     axis.bar(x, change, color=["tab:green" if c > 0 else "tab:red" for c in change], width=0.6,
              label="perplexity change (zero-shot - adapted)")

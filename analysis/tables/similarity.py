@@ -8,13 +8,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from analysis.tables.common import ordered_by_portion, save_figure, write_table
+from analysis.tables.common import ordered_by_portion, save_figure, shade_portions, write_table
 
 COLUMNS = [
     "corpus", "domain", "portion", "n_corpus", "n_domain",
     "mmd", "mmd_ci_low", "mmd_ci_high", "fd", "fd_ci_low", "fd_ci_high", "embedding_model",
 ]
-PORTION_COLOURS = {"wiki": "tab:blue", "s2orc": "tab:orange"}
 
 
 def collect(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -61,11 +60,7 @@ def similarity_figure(frame: pd.DataFrame, corpus: str, path: str | Path) -> Non
     width = max(6.0, min(0.35 * len(domains), 40.0))
     figure, left = plt.subplots(figsize=(width, 4.5))
     right = left.twinx()
-    for portion, colour in PORTION_COLOURS.items():
-        members = [i for i, d in enumerate(domains) if rows.loc[d, "portion"] == portion]
-        if members:
-            left.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=0.12,
-                         label=f"{'Wikipedia' if portion == 'wiki' else 'S2ORC'} portion")
+    shade_portions(left, domains, rows["portion"].to_dict(), alpha=0.12)
     for axis, key, colour, marker, offset in [
         (left, "mmd", "tab:green", "o", -0.12), (right, "fd", "tab:red", "s", 0.12)
     ]:
