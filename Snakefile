@@ -17,6 +17,7 @@ include: "workflow/rules/corpora.smk"
 include: "workflow/rules/similarity.smk"
 include: "workflow/rules/adaptation.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/edge.smk"
 
 
 rule all:

@@ -106,7 +106,24 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
     return validate(config, load_schema(schema_path), source=str(path))
 
 
+def _check_edge(edge: dict, source: str) -> None:
+    """Dataset paths of the edge tasks exist before any job starts (the loader names the file at fault)."""
+    for which in ("source", "target"):
+        spec = edge[which]
+        path = spec.get("path")
+        if spec["dataset"] == "digits":
+            if path is not None:
+                raise ConfigError(f"{source}: 'edge.{which}.path' is set ({path}) but the digits dataset has no path")
+            continue
+        if path is None:
+            raise ConfigError(f"{source}: 'edge.{which}.path' is required for dataset {spec['dataset']!r}")
+        if not Path(path).is_dir():
+            hint = " (Debian: apt-get install dataset-fashion-mnist)" if "fashion-mnist" in str(path) else ""
+            raise ConfigError(f"{source}: 'edge.{which}.path': dataset directory {path} does not exist{hint}")
+
+
 def _cross_check(config: dict, source: str) -> None:
+    _check_edge(config["edge"], source)
     demo = config["demo"]
     m2d2 = config["m2d2"]
     domains = config["domains"]

@@ -40,6 +40,10 @@ ADAPTATION = config["adaptation"]
 MODES = ADAPTATION["modes"]
 ADAPTATION_DOMAINS = list(config["domains"]["adaptation"])
 EVALUATION = config["evaluation"]
+EDGE = config["edge"]
+EDGE_MODES = EDGE["transfer"]["modes"]
+# Budgets name files: 64 -> budget_64.json, 0.5 -> budget_0.5.json.
+EDGE_BUDGETS = [f"{b:g}" for b in EDGE["sparse"]["budgets_kib"]]
 # How a split's lines become the text a model trains on and the text it is evaluated on.
 TRAIN_POLICY = ADAPTATION["join_policy"]
 EVAL_POLICY = EVALUATION["join_policy"]
@@ -66,6 +70,8 @@ wildcard_constraints:
     mode=_alternatives(MODES + [ABLATION["mode"]]),
     name=_alternatives(DOMAINS + CORPORA),
     policy=_alternatives(m2d2_lib.JOIN_POLICIES),
+    edge_mode=_alternatives(EDGE_MODES),
+    budget=_alternatives(EDGE_BUDGETS),
 
 
 def sample_targets():
@@ -155,7 +161,35 @@ def all_targets():
         + similarity_targets()
         + adaptation_targets()
         + evaluation_targets()
+        + (edge_targets() if EDGE["enabled"] else [])
     )
+
+
+def edge_params(*sections):
+    """The parts of the edge config a rule reads, so that changing a budget does not rerun pretraining
+    (Snakemake reruns a job whose params changed). The sparse section goes without its budget list.
+    """
+    picked = {key: EDGE[key] for key in ("image_size", "channels", *sections)}
+    if "sparse" in picked:
+        picked["sparse"] = {
+            k: v for k, v in EDGE["sparse"].items() if k != "budgets_kib"
+        }
+    return picked
+
+
+def edge_targets():
+    """The edge stages' tables and figures (target `edge`)."""
+    return [
+        *expand(
+            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
+            table=["transfer", "memory_layers", "contributions"],
+            ext=["tsv", "md"],
+        ),
+        *expand(
+            f"{RESULTS}/edge/figures/{{figure}}.png",
+            figure=["transfer_memory", "contributions", "sparse"],
+        ),
+    ]
 
 
 def model_inputs(wildcards):

@@ -1,0 +1,292 @@
+"""Tables and figures of the vision edge-training stages: TinyTL transfer modes and sparse back-propagation.
+
+Inputs are the JSON files ``analysis.edge.stages`` writes: the pretraining metrics, one file per
+transfer mode, the contribution analysis and one file per sparse budget. Memory is in KiB (1024
+bytes, float32 throughout); ``saved`` counts activations saved for backward by TinyTL's rules
+(analytic), ``measured`` what autograd actually saved in one step with the frugal layers (the
+loss's few bytes included in the totals), ``stock_measured`` the same with stock PyTorch layers.
+``extra`` = gradients + optimizer state + saved activations (what training needs beyond
+inference); ``training`` = parameters + gradients + optimizer state + the forward activation peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.errors import PipelineError
+from analysis.tables.common import save_figure, write_table
+
+# The order of analysis.edge.transfer.MODES, repeated so that tables need not import torch.
+MODE_ORDER = ("full", "last", "bn_last", "bias", "lite_residual", "lite_residual_bias")
+KIB = 1024
+MEMORY_COLUMNS = {  # table column -> memory_report field (bytes)
+    "parameter_kib": "parameter_bytes", "gradient_kib": "gradient_bytes", "optimizer_kib": "optimizer_bytes",
+    "saved_activation_kib": "analytic_saved_bytes", "measured_saved_activation_kib": "measured_saved_bytes",
+    "stock_measured_saved_activation_kib": "stock_measured_saved_bytes", "peak_activation_kib": "analytic_peak_bytes",
+    "extra_kib": "extra_bytes", "measured_extra_kib": "measured_extra_bytes", "training_kib": "training_bytes",
+}
+LAYER_COLUMNS = {"input_kib": "input_bytes", "output_kib": "output_bytes", "saved_kib": "saved_bytes",
+                 "live_kib": "live_bytes", "measured_kib": "measured_bytes",
+                 "stock_measured_kib": "stock_measured_bytes"}
+
+
+def _read(path: str | Path, what: str, keys: Sequence[str]) -> dict:
+    path = Path(path)
+    try:
+        blob = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{what} {path} is not readable JSON: {error}") from None
+    missing = [key for key in keys if key not in blob] if isinstance(blob, dict) else ["a JSON object"]
+    if missing:
+        raise PipelineError(f"{what} {path} lacks {', '.join(missing)}")
+    return blob
+
+
+def scheme_text(scheme: dict) -> str:
+    """``bias x3; 5.expand@0.25, 6.expand@0.5``: the biases of the last k blocks, then partial weights."""
+    weights = scheme.get("weight_update") or {}
+    pairs = sorted(weights.items() if isinstance(weights, dict) else weights)  # a dict, or (layer, ratio) pairs
+    parts = ([f"bias x{scheme['n_bias_update']}"] if scheme["n_bias_update"] else []) + \
+        ([", ".join(f"{layer}@{ratio:g}" for layer, ratio in pairs)] if pairs else [])
+    return "; ".join(parts) or "classifier only"
+
+
+def _method_rows(name: str, kind: str, blob: dict, metric: str) -> tuple[list[dict], list[dict]]:
+    """Summary rows (one per batch size) and per-layer rows of one mode or sparse scheme."""
+    sparse = kind == "sparse"
+    summary, layers = [], []
+    for batch, report in sorted(blob["memory"].items(), key=lambda item: int(item[0])):
+        head = {"method": name, "kind": kind, "batch_size": int(batch)}
+        summary.append({
+            **head, "test_accuracy": blob["test"]["accuracy"], "test_loss": blob["test"]["loss"],
+            "trained_parameters": int(report.get("trained_parameters", blob["trained_parameters"])),
+            **{column: report[field] / KIB for column, field in MEMORY_COLUMNS.items()},
+            "budget_kib": blob["budget_kib"] if sparse else math.nan,
+            "scheme": scheme_text(blob["scheme"]) if sparse else None,
+            f"estimated_gain_{metric}": blob["estimated_gain"] if sparse else math.nan,  # the search's summed gains
+            "search_memory_kib": blob["search"]["memory_bytes"] / KIB if sparse else math.nan,
+        })
+        for row in report["layers"]:
+            layers.append({**head, "layer": row["layer"], "type": row["type"],
+                           **{column: row[field] / KIB for column, field in LAYER_COLUMNS.items()},
+                           "match": row["saved_bytes"] == row["measured_bytes"]})  # exact, in bytes
+    return summary, layers
+
+
+def _load_methods(transfers, sparse, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    loaded = []  # (sort key, name, kind, path, blob)
+    for path in transfers:
+        blob = _read(path, "transfer result", ("mode", "test", "trained_parameters", "memory"))
+        mode = blob["mode"]
+        rank = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+        loaded.append(((0, rank, 0.0, mode), mode, "mode", path, blob))
+    for path in sparse:
+        blob = _read(path, "sparse result", ("budget_kib", "scheme", "estimated_gain", "search", "test",
+                                             "trained_parameters", "memory"))
+        budget = blob["budget_kib"]
+        loaded.append(((1, 0, float(budget), ""), f"sparse@{budget:g}KiB", "sparse", path, blob))
+    summary, layers, paths = [], [], {}
+    for _, name, kind, path, blob in sorted(loaded, key=lambda item: item[0]):
+        if name in paths:  # two rows per batch size would make the ratios against full ambiguous
+            raise PipelineError(f"{paths[name]} and {path} are both results of {name}")
+        paths[name] = path
+        try:
+            rows, layer_rows = _method_rows(name, kind, blob, metric)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise PipelineError(f"{kind} result {path} is malformed: {type(error).__name__} {error}") from None
+        summary += rows
+        layers += layer_rows
+    if not summary:
+        raise PipelineError("edge tables: no transfer or sparse results were given")
+    frame = pd.DataFrame(summary)
+    # Ratios against full fine-tuning at the same batch size (NaN where full was not run).
+    full = frame[frame["method"] == "full"].set_index("batch_size")
+    at = frame.columns.get_loc("training_kib") + 1  # beside the memory columns, before the sparse-only ones
+    for i, column in enumerate(("extra", "training")):
+        frame.insert(at + i, f"{column}_ratio_full",
+                     frame["batch_size"].map(full[f"{column}_kib"]) / frame[f"{column}_kib"])
+    return frame, pd.DataFrame(layers)
+
+
+def contribution_table(blob: dict) -> pd.DataFrame:
+    """One row per unit: the biases of the last k blocks (gain vs the frozen net), or one layer's weight
+    at one ratio (gain vs every bias trained); the gain column is named by its metric."""
+    gain = f"gain_{blob['gain']}"
+    rows = [{"unit": "bias", "k": int(k), "layer": None, "ratio": math.nan, gain: value}
+            for k, value in blob["bias"].items()]
+    rows += [{"unit": "weight", "k": None, "layer": w["layer"], "ratio": float(w["ratio"]), gain: w["gain"]}
+             for w in blob["weight"]]
+    frame = pd.DataFrame(rows, columns=["unit", "k", "layer", "ratio", gain]).astype({"k": "Int64"})
+    # Layers in the net's order ("10.expand" after "9.project"), not alphabetically.
+    layers = blob.get("space", {}).get("layers") or list(dict.fromkeys(w["layer"] for w in blob["weight"]))
+    rank = {layer: i for i, layer in enumerate(layers)}
+    order = frame.assign(_unit=frame["unit"] != "bias", _layer=frame["layer"].map(rank))
+    return frame.loc[order.sort_values(["_unit", "k", "_layer", "ratio"]).index].reset_index(drop=True)
+
+
+def _blank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells that do not apply (a mode's budget, a bias unit's layer) written empty, not 'nan' or '<NA>'."""
+    return frame.apply(lambda c: c.astype(object).where(c.notna(), "") if c.isna().any() else c)
+
+
+def edge_tables(pretrain: str | Path, transfers: Sequence[str | Path], contributions: str | Path,
+                sparse: Sequence[str | Path], tables_dir: str | Path,
+                figures_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Write transfer, memory_layers and contributions tables (TSV + Markdown) and three figures."""
+    source = _read(pretrain, "pretraining metrics", ("test", "parameters"))
+    contrib_blob = _read(contributions, "contribution analysis", ("gain", "baselines", "bias", "weight"))
+    try:
+        contrib = contribution_table(contrib_blob)
+        baselines = ", ".join(f"{name} {value['accuracy']:.3f}" for name, value in contrib_blob["baselines"].items())
+        source_note = (f"source net: {source['parameters']} parameters, "
+                       f"source-task test accuracy {source['test']['accuracy']:.3f}")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise PipelineError(f"{contributions} or {pretrain} is malformed: {type(error).__name__} {error}") from None
+    transfer, layers = _load_methods(transfers, sparse, contrib_blob["gain"])
+    tables, figures = Path(tables_dir), Path(figures_dir)
+    write_table(_blank(transfer), tables / "transfer.tsv", tables / "transfer.md", title=(
+        f"Target-task transfer: TinyTL modes and sparse schemes found under a budget of extra memory ({source_note}). "
+        "Memory in KiB per batch size; extra = gradients + optimizer + saved activations (analytic); "
+        "training = parameters + gradients + optimizer + activation peak; *_ratio_full = full's value / this row's; "
+        "search_memory_kib: the extra memory the search estimated (at its own batch size)"))
+    write_table(layers, tables / "memory_layers.tsv", tables / "memory_layers.md", title=(
+        "Activations saved for backward per layer (KiB): analytic by TinyTL's rules, measured with the frugal "
+        "layers and with stock PyTorch layers; match: analytic == measured, byte for byte"))
+    write_table(_blank(contrib), tables / "contributions.tsv", tables / "contributions.md", title=(
+        f"Contribution analysis on the validation split ({contrib_blob['gain']} gain): biases of the last k blocks "
+        "against the frozen net, one layer's weight at a ratio against all biases trained; baseline accuracies "
+        f"{baselines}"))
+    transfer_figure(transfer, source_note, figures / "transfer_memory.png")
+    contribution_figure(contrib, figures / "contributions.png")
+    sparse_figure(transfer, figures / "sparse.png")
+    return {"transfer": transfer, "memory_layers": layers, "contributions": contrib}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+STYLES = {"mode": ("tab:blue", "o", "TinyTL transfer mode"), "sparse": ("tab:red", "^", "sparse back-propagation")}
+
+
+def _scatter(axis, frame: pd.DataFrame, x: str) -> None:
+    """Points labelled by method, on a log x axis with plain numbers."""
+    from matplotlib import ticker
+
+    for kind, (colour, marker, label) in STYLES.items():
+        part = frame[frame["kind"] == kind]
+        axis.scatter(part[x], part["test_accuracy"], color=colour, marker=marker, s=40, label=label, zorder=3)
+    axis.set_xscale("log")
+    axis.margins(x=0.12, y=0.1)
+    for which in ("major", "minor"):  # "400", not "4 x 10^2"; minor ticks labelled where the range is short
+        getattr(axis.xaxis, f"set_{which}_formatter")(ticker.LogFormatter(labelOnlyBase=False))
+    axis.grid(alpha=0.3, which="both")
+    _labels(axis, [(getattr(r, x), r.test_accuracy, f"{r.budget_kib:g} KiB budget" if r.kind == "sparse" else r.method,
+                    STYLES[r.kind][0]) for r in frame.itertuples()])
+
+
+def _labels(axis, points: list[tuple[float, float, str, str]], step: float = 0.045) -> None:
+    """Label points, moving a label to the nearest free height (with a leader line) where it would cover
+    another label or point: modes and schemes often land on nearly the same memory and accuracy."""
+    (x0, x1), (y0, y1) = axis.get_xlim(), axis.get_ylim()
+    inches = axis.get_position().width * axis.figure.get_figwidth()
+    spots = [((math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)), (y - y0) / (y1 - y0))
+             for x, y, _, _ in points]  # in axes fractions
+    boxes = []  # placed labels: (left, right, centre height)
+    for (x, y, text, colour), (fx, fy) in sorted(zip(points, spots), key=lambda item: item[0][1]):
+        width = len(text) * 7 * 0.55 / 72 / inches  # 7-point text, about 0.55 em a character
+        right = fx + 0.02 + width > 1  # no room on the right: the label goes left of its point
+        left = fx - 0.02 - width if right else fx + 0.02
+        def free(level: float) -> bool:
+            return 0.03 < level < 0.97 and not (
+                any(lo < left + width and left < hi and abs(level - h) < step for lo, hi, h in boxes)
+                or any(left - 0.01 < px < left + width + 0.01 and abs(level - py) < 0.6 * step
+                       for px, py in spots if (px, py) != (fx, fy)))
+        tries = [fy + sign * k * step for k in range(1, 20) for sign in (1, -1)]
+        level = next((t for t in [fy, *tries] if free(t)), fy)  # nowhere free: overlap rather than leave the axes
+        boxes.append((left, left + width, level))
+        axis.annotate(text, (x, y), xytext=(left, level), textcoords="axes fraction", ha="left", va="center",
+                      fontsize=7, color=colour,
+                      bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5),  # over grid and budget lines
+                      arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.5) if level != fy else None)
+
+
+def transfer_figure(frame: pd.DataFrame, note: str, path: str | Path) -> None:
+    """TinyTL's figure: target test accuracy against training memory, one panel per batch size."""
+    plt = _pyplot()
+    batches = sorted(frame["batch_size"].unique())
+    figure, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.5), sharey=True, squeeze=False)
+    for axis, batch in zip(axes[0], batches):
+        _scatter(axis, frame[frame["batch_size"] == batch], "training_kib")
+        axis.set_title(f"batch size {batch}", fontsize=9)
+        axis.set_xlabel("training memory (KiB, log scale): parameters + gradients\n+ optimizer + activation peak",
+                        fontsize=8)
+    axes[0][0].set_ylabel("target test accuracy")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"Transfer to the target task: accuracy vs training memory\n({note})", fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def contribution_figure(frame: pd.DataFrame, path: str | Path) -> None:
+    """Bias gain against k (left); weight gain per layer and ratio as a heat map (right)."""
+    plt = _pyplot()
+    gain = frame.columns[-1]
+    metric = gain.removeprefix("gain_")
+    bias = frame[frame["unit"] == "bias"]
+    weight = frame[frame["unit"] == "weight"].pivot(index="layer", columns="ratio", values=gain)
+    weight = weight.reindex(list(dict.fromkeys(frame.loc[frame["unit"] == "weight", "layer"])))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, max(4.5, 0.28 * len(weight) + 1.5)),
+                                         gridspec_kw={"width_ratios": [1, 1.1]})
+    left.plot(bias["k"].astype(int), bias[gain], marker="o", color="tab:blue")
+    left.axhline(0, color="black", linewidth=0.8)
+    left.set_xlabel("k: biases of the last k blocks (and the head) trained")
+    left.set_ylabel(f"validation {metric} gain vs the frozen net")
+    left.set_title("bias units", fontsize=9)
+    left.grid(alpha=0.3)
+    if len(weight):
+        limit = float(weight.abs().max().max()) or 1.0  # a symmetric scale: white is no gain
+        image = right.imshow(weight.to_numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        right.set_xticks(range(len(weight.columns)), [f"{r:g}" for r in weight.columns])
+        right.set_yticks(range(len(weight)), weight.index, fontsize=7)
+        for (i, j), value in pd.DataFrame(weight.to_numpy()).stack().items():
+            right.text(j, i, f"{value:+.3f}", ha="center", va="center", fontsize=6,
+                       color="white" if abs(value) > 0.6 * limit else "black")  # legible on dark cells
+        figure.colorbar(image, ax=right, label=f"validation {metric} gain vs all biases trained")
+    right.set_xlabel("update ratio (fraction of the layer's weight trained)")
+    right.set_title("weight units: one layer at one ratio", fontsize=9)
+    figure.suptitle(f"Contribution analysis ({metric} gain, positive: better)", fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def sparse_figure(frame: pd.DataFrame, path: str | Path) -> None:
+    """Accuracy against extra memory for full, last, bias and each sparse budget (batch 8, else the largest)."""
+    plt = _pyplot()
+    batch = 8 if (frame["batch_size"] == 8).any() else int(frame["batch_size"].max())
+    part = frame[(frame["batch_size"] == batch)
+                 & (frame["method"].isin(["full", "last", "bias"]) | (frame["kind"] == "sparse"))]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    _scatter(axis, part, "extra_kib")
+    for row in part[part["kind"] == "sparse"].itertuples():
+        # A budget bounds the search's estimate at the search's batch size: draw it only where that is this one.
+        if math.isclose(row.search_memory_kib, row.extra_kib):
+            axis.axvline(row.budget_kib, color="tab:red", linestyle=":", linewidth=0.8, zorder=1)
+    axis.set_xlabel("extra training memory (KiB, log scale): gradients + optimizer + saved activations")
+    axis.set_ylabel("target test accuracy")
+    axis.set_title(f"Sparse back-propagation vs TinyTL modes, batch size {batch} (dotted: budgets)", fontsize=10)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    save_figure(figure, path)
