@@ -210,7 +210,7 @@ def test_save_and_load_round_trip(tmp_path):
 # --- stages end to end on a tiny configuration ----------------------------------------------------
 
 def tiny_edge() -> dict:
-    cfg = {"seed": 1, "m2d2": {}, "domains": {}, "corpora": {}}
+    """A small ``edge`` section with the schema's defaults filled in."""
     schema = config_lib.load_schema()
     edge = {"source": {"dataset": "digits", "classes": [0, 1, 2], "max_per_class": 40},
             "target": {"dataset": "digits", "classes": [3, 4, 5], "max_per_class": 40},
@@ -221,7 +221,6 @@ def tiny_edge() -> dict:
                        "budgets_kib": [16], "population": 6, "generations": 3}}
     validator = config_lib._DefaultFillingValidator(schema["properties"]["edge"])
     validator.validate(edge)
-    del cfg
     return edge
 
 
@@ -239,11 +238,10 @@ def test_stages_end_to_end(tmp_path):
     assert set(found["bias"]) == {"0", "1", "2", "3"}
     assert {(w["layer"], w["ratio"]) for w in found["weight"]} == {
         ("1.depthwise", 0.5), ("1.depthwise", 1.0), ("-1.project", 0.5), ("-1.project", 1.0)}
-    budget = found_budget = 64
-    result = stages.sparse_stage(edge, 1, tmp_path / "net.pt", found, budget, tmp_path / "sparse.json")
-    assert result["search"]["memory_bytes"] <= found_budget * 1024
+    result = stages.sparse_stage(edge, 1, tmp_path / "net.pt", found, 64, tmp_path / "sparse.json")
+    assert result["search"]["memory_bytes"] <= 64 * 1024
     assert result["memory"]["8"]["extra_bytes"] == result["search"]["memory_bytes"]
-    with pytest.raises(PipelineError, match="budget 0.00 MiB is below the cheapest"):
+    with pytest.raises(PipelineError, match=r"budget 0.00 KiB is below the cheapest .* raise edge.sparse.budgets_kib"):
         stages.sparse_stage(edge, 1, tmp_path / "net.pt", found, 0.001, tmp_path / "none.json")
     assert not (tmp_path / "none.json").exists()
 

@@ -47,6 +47,16 @@ def small_demo_config(path: Path, **changes) -> Path:
     cfg["adaptation"].update(modes=["full", "sparse"], curve_points=3, curve_max_blocks=4,
                              schemes={"sparse": {"n_bias_update": 1, "weight_update": {"-1.mlp.c_fc": 0.25}}})
     cfg["evaluation"] = {"token_level": {"chunks": 4, "chunk_tokens": 64}}
+    cfg["edge"] = {
+        "source": {"dataset": "digits", "classes": [0, 1, 2], "max_per_class": 60},
+        "target": {"dataset": "digits", "classes": [3, 4, 5], "max_per_class": 60},
+        "image_size": 16,
+        "net": {"stages": [[1, 8, 1, 1], [4, 12, 2, 2], [4, 16, 1, 1]], "head_channels": 16},
+        "pretrain": {"epochs": 6, "batch_size": 16},
+        "transfer": {"epochs": 2, "modes": ["full", "last", "bias", "lite_residual"]},
+        "sparse": {"budgets_kib": [16, 64], "ratios": [0.5, 1.0], "layers": ["1.depthwise", "2.expand", "3.project"],
+                   "unit_epochs": 1, "population": 8, "generations": 4},
+    }
     for key, value in changes.items():
         cfg[key] = value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -298,7 +308,7 @@ def test_report_renders_every_table_and_figure(demo_run):
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("perplexity.tsv", "correlation.tsv", "similarity.tsv", "perplexity_change_tiny-gpt2_full.png",
                  "tokens_tiny-gpt2_sparse.png", "curves_tiny-gpt2_full.png", "hep-ex.tsv", "join_policy.tsv",
-                 "join_policy_tiny-gpt2.png"):
+                 "join_policy_tiny-gpt2.png", "transfer_memory.png", "memory_layers.tsv", "contributions.png"):
         assert name in html, name
 
 
@@ -311,6 +321,64 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def test_demo_edge_stages(demo_run):
+    import json
+
+    import pandas as pd
+
+    workdir, configfile = demo_run
+    edge = yaml.safe_load(configfile.read_text())["edge"]
+    table = pd.read_csv(workdir / "results/edge/tables/transfer.tsv", sep="\t")
+    methods = [*edge["transfer"]["modes"], "sparse@16KiB", "sparse@64KiB"]
+    assert list(dict.fromkeys(table["method"])) == methods
+    assert set(table["batch_size"]) == {1, 8} and len(table) == 2 * len(methods)
+    at8 = table[table["batch_size"] == 8].set_index("method")
+    assert at8.loc["full", "extra_ratio_full"] == 1
+    assert at8.loc["bias", "extra_kib"] < at8.loc["lite_residual", "extra_kib"] < at8.loc["full", "extra_kib"]
+    assert at8.loc["full", "test_accuracy"] > 0.5  # three classes
+    for budget in (16, 64):  # each scheme found fits its budget at the search's batch size
+        assert at8.loc[f"sparse@{budget}KiB", "extra_kib"] <= budget
+    layers = pd.read_csv(workdir / "results/edge/tables/memory_layers.tsv", sep="\t")
+    assert layers["match"].all(), layers[~layers["match"]]  # the frugal layers keep what the rules say
+    source = json.loads((workdir / "results/edge/source/metrics.json").read_text())
+    assert source["test"]["accuracy"] > 0.8
+    for figure in ("transfer_memory", "contributions", "sparse"):
+        assert (workdir / f"results/edge/figures/{figure}.png").stat().st_size > 10_000
+
+
+def test_a_new_budget_runs_only_its_search(demo_run, tmp_path):
+    workdir, configfile = demo_run
+    cfg = yaml.safe_load(configfile.read_text())
+    cfg["edge"]["sparse"]["budgets_kib"] = [16, 64, 32]
+    extended = tmp_path / "budgets.yaml"
+    extended.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(workdir, "-n", configfile=extended)
+    assert result.returncode == 0, result.output[-3000:]
+    assert job_counts(result.output) == {"edge_sparse": 1, "edge_tables": 1, "all": 1}
+    assert "wildcards: budget=32" in result.output
+
+
+def test_unreadable_dataset_fails_the_job_with_the_file_named(tmp_path):
+    import numpy as np
+
+    from analysis.edge.data import write_idx
+
+    root = tmp_path / "idx"
+    root.mkdir()
+    for split, n in (("train", 12), ("t10k", 6)):
+        write_idx(root / f"{split}-images-idx3-ubyte", np.zeros((n, 8, 8), dtype=np.uint8))
+        write_idx(root / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 3)
+    (root / "train-images-idx3-ubyte").write_bytes(b"\x12\x34\x56\x78" + b"\0" * 64)
+    cfg = yaml.safe_load(real_data_config(tmp_path, ["hep-ex"], 1).read_text())
+    cfg["edge"] = {"source": {"dataset": "idx", "path": str(root)}}
+    configfile = tmp_path / "edge.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "results/edge/source/net.pt", configfile=configfile)
+    assert result.returncode != 0
+    assert f"{root / 'train-images-idx3-ubyte'}: not an IDX file (magic number 0x12345678" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_each_corpus_and_domain_is_embedded_once(demo_run):
@@ -395,6 +463,7 @@ def real_data_config(tmp_path: Path, domains: list[str], n_texts: int) -> Path:
         "m2d2": {"root": str(tmp_path / "m2d2")},
         "domains": {"adaptation": domains},
         "corpora": {"web": {"format": "jsonl", "path": str(tmp_path / "web.jsonl"), "n_texts": n_texts}},
+        "edge": {"enabled": False},
     }
     configfile = tmp_path / "real.yaml"
     configfile.write_text(yaml.safe_dump(cfg))

@@ -25,18 +25,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
+# Bit gathering with one multiplication per 8 elements: with bytes b_i in {0, 1} read as one
+# little-endian int64, the product with GATHER has b_i at bit 56 + i and no carries (the partial
+# products 8i + 7j + 7 are distinct powers of two); SPREAD / SELECT undo it.
+_GATHER = 0x0102040810204080
+_SPREAD = 0x0101010101010101
+_SELECT = 0x8040201008040201 - 2**64  # as a signed int64
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor -> uint8 tensor of ceil(numel / 8) bytes (little-endian bits)."""
+    """Bool tensor -> uint8 tensor of ceil(numel / 8) bytes (element 8k + i is bit i of byte k)."""
     flat = mask.reshape(-1).to(torch.uint8)
     flat = F.pad(flat, (0, (-flat.numel()) % 8))
-    return (flat.view(-1, 8) << _SHIFTS).sum(1, dtype=torch.uint8)
+    return ((flat.view(torch.int64) * _GATHER) >> 56).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    return ((packed[:, None] >> _SHIFTS) & 1).reshape(-1)[:numel].bool()
+    return ((packed.to(torch.int64) * _SPREAD) & _SELECT).view(torch.uint8).reshape(-1)[:numel] != 0
 
 
 class _ReLU6Mask(torch.autograd.Function):

@@ -24,7 +24,8 @@ from analysis.edge.nets import MobileNet
 from analysis.edge.train import TrainSettings, evaluate, fit
 from analysis.edge.transfer import apply_mode, apply_sparse, layer_names, memory_report, resolve_layer
 from analysis.errors import PipelineError
-from analysis.selection.search import SearchSpace, SparseScheme, contribution_analysis, evolutionary_search
+from analysis.selection.search import (Contributions, SearchSpace, SparseScheme, contribution_analysis,
+                                       evolutionary_search)
 
 log = logging.getLogger(__name__)
 GAINS = ("accuracy", "loss")
@@ -110,9 +111,8 @@ def contributions(source: MobileNet, train: ImageSet, validation: ImageSet, sett
     }
 
 
-def load_contributions(blob: dict):
-    from analysis.selection.search import Contributions
-
+def load_contributions(blob: dict) -> tuple[SearchSpace, Contributions]:
+    """The search space and gains of a ``contributions`` result (as written to JSON)."""
     return (SearchSpace(blob["space"]["n_blocks"], blob["space"]["layers"], blob["space"]["ratios"]),
             Contributions(bias={int(k): v for k, v in blob["bias"].items()},
                           weight={(w["layer"], float(w["ratio"])): w["gain"] for w in blob["weight"]}))
@@ -124,4 +124,5 @@ def search(source: MobileNet, contributions_blob: dict, budget_bytes: int, num_c
     space, found = load_contributions(contributions_blob)
     memory = lambda scheme: scheme_memory(source, scheme, num_classes, image_shape, settings.batch_size)  # noqa: E731
     return evolutionary_search(space, found, memory, budget_bytes, population=settings.population,
-                               generations=settings.generations, seed=settings.seed)
+                               generations=settings.generations, seed=settings.seed,
+                               budget_key="edge.sparse.budgets_kib", unit="KiB")

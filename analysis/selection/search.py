@@ -84,8 +84,13 @@ def evolutionary_search(
     generations: int = 15,
     mutation_rate: float = 0.3,
     seed: int = 0,
+    budget_key: str = "budget_mib",
+    unit: str = "MiB",
 ) -> dict:
-    """The scheme with the largest estimated gain whose measured memory fits ``budget_bytes``."""
+    """The scheme with the largest estimated gain whose measured memory fits ``budget_bytes``.
+
+    ``budget_key`` and ``unit`` (MiB or KiB) only shape the error message for a budget that is too small.
+    """
     rng = random.Random(seed)
     cache: dict[SparseScheme, int] = {}
 
@@ -97,9 +102,10 @@ def evolutionary_search(
     cheapest = min((SparseScheme(1), *[SparseScheme.make(0, {layer: min(space.ratios)}) for layer in space.layers]),
                    key=cost)
     if cost(cheapest) > budget_bytes:
+        scale = MIB if unit == "MiB" else 1024
         raise PipelineError(
-            f"memory budget {budget_bytes / MIB:.2f} MiB is below the cheapest sparse scheme "
-            f"({cheapest.as_dict()}: {cost(cheapest) / MIB:.2f} MiB measured); raise budget_mib"
+            f"memory budget {budget_bytes / scale:.2f} {unit} is below the cheapest sparse scheme "
+            f"({cheapest.as_dict()}: {cost(cheapest) / scale:.2f} {unit} measured); raise {budget_key}"
         )
     choices = [0.0, *space.ratios]
 
