@@ -108,8 +108,9 @@ def load(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:
 
 def _check_edge(edge: dict, source: str) -> None:
     """Dataset paths of the edge tasks exist before any job starts (the loader names the file at fault)."""
-    for which in ("source", "target"):
-        spec = edge[which]
+    specs = {"source": edge["source"], "target": edge["target"], "federated.task": edge["federated"]["task"],
+             "leakage.task": edge["leakage"]["task"]}
+    for which, spec in specs.items():
         path = spec.get("path")
         if spec["dataset"] == "digits":
             if path is not None:

@@ -56,6 +56,13 @@ def small_demo_config(path: Path, **changes) -> Path:
         "transfer": {"epochs": 2, "modes": ["full", "last", "bias", "lite_residual"]},
         "sparse": {"budgets_kib": [16, 64], "ratios": [0.5, 1.0], "layers": ["1.depthwise", "2.expand", "3.project"],
                    "unit_epochs": 1, "population": 8, "generations": 4},
+        "federated": {"clients": 4, "rounds": 2, "local_steps": 5, "partitions": ["iid", "dirichlet"]},
+        "leakage": {"attacks": 1, "iterations": 20, "batch_sizes": [1, 2],
+                    "defenses": {"gaussian": [0.1], "laplacian": [], "prune": [0.99]}, "accuracy": {"steps": 50}},
+        "compression": {"finetune": {"epochs": 1},
+                        "pruning": {"scan_sparsities": [0.5], "sparsities": [0.5], "channel_ratios": [0.5]},
+                        "quantization": {"kmeans_bits": [2], "linear_bits": [4]},
+                        "distillation": {"temperatures": [4], "epochs": 2}},
     }
     for key, value in changes.items():
         cfg[key] = value
@@ -308,7 +315,8 @@ def test_report_renders_every_table_and_figure(demo_run):
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("perplexity.tsv", "correlation.tsv", "similarity.tsv", "perplexity_change_tiny-gpt2_full.png",
                  "tokens_tiny-gpt2_sparse.png", "curves_tiny-gpt2_full.png", "hep-ex.tsv", "join_policy.tsv",
-                 "join_policy_tiny-gpt2.png", "transfer_memory.png", "memory_layers.tsv", "contributions.png"):
+                 "join_policy_tiny-gpt2.png", "transfer_memory.png", "memory_layers.tsv", "contributions.png",
+                 "federated.tsv", "leakage.tsv", "leakage_reconstructions.png", "compression.tsv"):
         assert name in html, name
 
 
@@ -345,6 +353,39 @@ def test_demo_edge_stages(demo_run):
     source = json.loads((workdir / "results/edge/source/metrics.json").read_text())
     assert source["test"]["accuracy"] > 0.8
     for figure in ("transfer_memory", "contributions", "sparse"):
+        assert (workdir / f"results/edge/figures/{figure}.png").stat().st_size > 10_000
+
+
+def test_demo_federated_and_leakage_stages(demo_run):
+    import pandas as pd
+
+    workdir, _ = demo_run
+    federated = pd.read_csv(workdir / "results/edge/tables/federated.tsv", sep="\t")
+    assert set(federated["partition"]) == {"iid", "dirichlet"}
+    assert sorted(federated["round"].unique()) == [0, 1, 2]
+    leakage = pd.read_csv(workdir / "results/edge/tables/leakage.tsv", sep="\t")
+    # no laplacian job: its strength list is empty
+    assert list(dict.fromkeys(leakage["defense"])) == ["none", "gaussian", "prune"]
+    clear = leakage[(leakage["defense"] == "none") & (leakage["batch_size"] == 1)]
+    assert (clear["psnr_db"] > 30).all(), clear  # one image is recovered from its gradient
+    pruned = leakage[leakage["defense"] == "prune"]
+    assert (pruned["psnr_db"] < 20).all(), pruned
+    for figure in ("federated", "leakage_reconstructions", "leakage_defenses"):
+        assert (workdir / f"results/edge/figures/{figure}.png").stat().st_size > 10_000
+
+
+def test_demo_compression_stages(demo_run):
+    import pandas as pd
+
+    workdir, _ = demo_run
+    table = pd.read_csv(workdir / "results/edge/tables/compression.tsv", sep="\t")
+    assert table.iloc[0]["family"] == "reference" and table.iloc[0]["compression_ratio"] == 1
+    quantized = table[table["family"] == "k-means quantization"]
+    assert len(quantized) == 1 and quantized.iloc[0]["compression_ratio"] > 3  # 2-bit weights
+    assert len(table[table["family"] == "distillation"]) == 2  # labels only, T=4
+    sensitivity = pd.read_csv(workdir / "results/edge/tables/sensitivity.tsv", sep="\t")
+    assert set(sensitivity["sparsity"]) == {0.5}
+    for figure in ("compression", "sensitivity"):
         assert (workdir / f"results/edge/figures/{figure}.png").stat().st_size > 10_000
 
 

@@ -211,26 +211,35 @@ class ConvBN(nn.Module):
     def _bn_active(self) -> bool:
         return self.bn is not None and self.training and not self.bn_frozen
 
+    def conv_weight(self) -> torch.Tensor:
+        """The convolution's weight; under torch.nn.utils.prune, ``weight_orig * weight_mask``.
+
+        torch's pruning recomputes ``weight`` in the convolution's own forward pre-hook, which never
+        runs here (the convolution is applied functionally), so the product is taken here.
+        """
+        conv = self.conv
+        return conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_mask") else conv.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self.conv, self.bn
+        weight = self.conv_weight()
         if not self.frugal:
-            weight = conv.weight
             if self.delta is not None:
                 weight = weight + _embed_delta(self.delta, weight.shape, self.depthwise)
             y = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, 1, conv.groups)
             return bn(y) if bn is not None else y
         if self._bn_active():
-            y = _FrugalConv.apply(x, conv.weight, self.delta, None, None, conv.stride, conv.padding, conv.groups)
+            y = _FrugalConv.apply(x, weight, self.delta, None, None, conv.stride, conv.padding, conv.groups)
             return bn(y)
         if bn is not None and bn.weight.requires_grad and torch.is_grad_enabled():
             # A trained scale with running statistics: its gradient needs the normalised input.
-            y = _FrugalConv.apply(x, conv.weight, self.delta, None, None, conv.stride, conv.padding, conv.groups)
+            y = _FrugalConv.apply(x, weight, self.delta, None, None, conv.stride, conv.padding, conv.groups)
             return bn(y)
         scale, bias = None, conv.bias
         if bn is not None:
             scale = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).detach()
             bias = bn.bias - bn.running_mean * scale
-        return _FrugalConv.apply(x, conv.weight, self.delta, bias, scale, conv.stride, conv.padding, conv.groups)
+        return _FrugalConv.apply(x, weight, self.delta, bias, scale, conv.stride, conv.padding, conv.groups)
 
 
 def relu6(frugal: bool) -> nn.Module:

@@ -12,15 +12,17 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from analysis.edge import nets
+from analysis.edge import compression, leakage, nets
 from analysis.edge.data import ImageSet, Task, load_task
+from analysis.edge.federated import FederatedSettings, federated_averaging
 from analysis.edge.sparse import SparseSettings, contributions, search
 from analysis.edge.train import TrainSettings, evaluate, fit
 from analysis.edge.transfer import apply_mode, apply_sparse, memory_report
 from analysis.errors import PipelineError
-from analysis.io import write_json
+from analysis.io import atomic_path, write_json
 from analysis.selection.search import SparseScheme
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,11 @@ KIB = 1024
 
 
 def task(edge: dict, which: str, seed: int) -> Task:
-    return load_task(edge[which], image_size=edge["image_size"], channels=edge["channels"], seed=seed,
-                     name=f"edge.{which}")
+    """The task at ``edge[which]`` (``"source"``, ``"target"``, ``"federated.task"``, ``"leakage.task"``)."""
+    spec = edge
+    for key in which.split("."):
+        spec = spec[key]
+    return load_task(spec, image_size=edge["image_size"], channels=edge["channels"], seed=seed, name=f"edge.{which}")
 
 
 def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -157,4 +162,165 @@ def sparse_stage(edge: dict, seed: int, source_path: str | Path, contributions_b
               "memory": memory, "seconds": time.perf_counter() - start}
     write_json(out, result)
     log.info("budget %s KiB: scheme %s, test accuracy %.4f", budget_kib, found["scheme"], result["test"]["accuracy"])
+    return result
+
+
+def federated_stage(edge: dict, seed: int, scheme: str, out: str | Path, threads: int = 1) -> dict:
+    """FedAvg on the federated task under one partition scheme (iid or dirichlet)."""
+    section = edge["federated"]
+    data = task(edge, "federated.task", seed)
+    settings = FederatedSettings(clients=section["clients"], rounds=section["rounds"],
+                                 local_steps=section["local_steps"], batch_size=section["batch_size"],
+                                 lr=section["lr"], fraction=section["fraction"], alpha=section["alpha"],
+                                 activation=section["activation"], threads=threads, seed=seed)
+    result = federated_averaging(data.train, data.test, scheme, settings, edge["image_size"])
+    write_json(out, result)
+    return result
+
+
+def leakage_stage(edge: dict, seed: int, defense: str, out: str | Path, snapshots: str | Path) -> dict:
+    """DLG and iDLG against one defense at every configured strength (none: no defense, every batch size).
+
+    Writes the attack metrics, curves and the accuracy of a net trained through the defense to
+    ``out``, and the initial / middle / final reconstructions beside the true images to ``snapshots``.
+    """
+    section = edge["leakage"]
+    loaded = task(edge, "leakage.task", seed)
+    data, train = loaded.test, loaded.train
+    image_shape = tuple(data.images.shape[1:])
+    strengths = [0.0] if defense == "none" else section["defenses"][defense]
+    batch_sizes = section["batch_sizes"] if defense == "none" else [section["defense_batch_size"]]
+    settings = leakage.AttackSettings(iterations=section["iterations"],
+                                      evaluations_per_step=section["evaluations_per_step"],
+                                      record_every=max(1, section["iterations"] // 20), seed=seed,
+                                      restarts=section["restarts"])
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(data.labels), generator=generator)
+    attacks, arrays = [], {}
+    for strength in strengths:
+        leakage.check_defense(defense, strength)
+        trained = leakage.train_with_defense(
+            train.images, train.labels, data.images, data.labels, defense, strength,
+            steps=section["accuracy"]["steps"], batch_size=section["accuracy"]["batch_size"],
+            lr=section["accuracy"]["lr"], seed=seed, classes=len(data.classes))
+        for batch in batch_sizes:
+            for attempt in range(section["attacks"]):
+                index = picks[(attempt * batch) % len(picks):][:batch]
+                truth, labels = data.images[index], data.labels[index]
+                net = leakage.attacked_net(image_shape[0], len(data.classes), image_shape[-1], seed + attempt)
+                sent = leakage.defend(leakage.gradients(net, truth, labels), defense, strength,
+                                      torch.Generator().manual_seed(seed + attempt))
+                for method in section["methods"]:
+                    result = leakage.attack(net, sent, truth, labels, method, settings)
+                    key = f"{method}_b{batch}_s{strength:g}_a{attempt}"
+                    arrays.update({f"{key}_{name}": v.numpy() for name, v in result.snapshots.items()})
+                    arrays[f"{key}_truth"] = truth.numpy()
+                    attacks.append({"defense": defense, "strength": strength, "method": method, "batch_size": batch,
+                                    "attack": attempt, **result.metrics, "labels_true": labels.tolist(),
+                                    "labels_predicted": result.labels, "seconds": result.seconds,
+                                    "evaluations": result.evaluations, "curve": result.curve,
+                                    "model_test_accuracy": trained["test_accuracy"], "snapshot_key": key})
+                    log.info("%s %s=%g batch %d: PSNR %.1f dB, labels %.2f, %.1f s", method, defense, strength, batch,
+                             result.metrics["psnr"], result.metrics["label_accuracy"], result.seconds)
+    with atomic_path(snapshots) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+    result = {"defense": defense, "attacks": attacks, "settings": settings.__dict__}
+    write_json(out, result)
+    return result
+
+
+def _compression_data(edge: dict, seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The source task (the source net's own): training minus a validation share, validation, test."""
+    source = task(edge, "source", seed)
+    train, validation = split_validation(source.train, edge["compression"]["validation_fraction"], seed)
+    return train, validation, source.test
+
+
+def pruning_stage(edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
+    """Sensitivity scan, fine-grained pruning (per layer and global) and channel pruning, each fine-tuned."""
+    section = edge["compression"]
+    train, validation, test = _compression_data(edge, seed)
+    net = nets.load(source_path)
+    settings = _settings(section["finetune"], seed)
+    start = time.perf_counter()
+    reference = {"test_accuracy": evaluate(net, test)["accuracy"], **compression.size_report(net),
+                 "macs": compression.count_macs(net, _image_shape(edge))}
+    scan = compression.sensitivity_scan(net, validation, section["pruning"]["scan_sparsities"])
+    per_layer = compression.sensitivity_sparsities(scan, section["pruning"]["max_accuracy_drop"])
+    fine = [{"method": "sensitivity", "target_sparsity": None,
+             **compression.prune_and_finetune(net, train, test, settings, per_layer=per_layer)}]
+    for sparsity in section["pruning"]["sparsities"]:
+        fine.append({"method": "global", "target_sparsity": sparsity,
+                     **compression.prune_and_finetune(net, train, test, settings, sparsity=sparsity)})
+    channels = []
+    for ratio in section["pruning"]["channel_ratios"]:
+        pruned = compression.prune_channels(net, ratio)
+        before = evaluate(pruned, test)["accuracy"]
+        for p in pruned.parameters():
+            p.requires_grad_(True)
+        history = fit(pruned, train, settings)
+        channels.append({"channel_ratio": ratio, "test_accuracy_pruned": before,
+                         "test_accuracy_finetuned": evaluate(pruned, test)["accuracy"], "history": history,
+                         "macs": compression.count_macs(pruned, _image_shape(edge)),
+                         **compression.size_report(pruned)})
+    result = {"reference": reference, "sensitivity": scan, "sensitivity_sparsities": per_layer,
+              "max_accuracy_drop": section["pruning"]["max_accuracy_drop"],
+              "fine_grained": fine, "channels": channels, "seconds": time.perf_counter() - start}
+    write_json(out, result)
+    return result
+
+
+def quantization_stage(edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
+    """K-means quantization at each bit width (before and after codebook fine-tuning), and linear."""
+    section = edge["compression"]
+    train, _, test = _compression_data(edge, seed)
+    net = nets.load(source_path)
+    settings = _settings(section["finetune"], seed)
+    start = time.perf_counter()
+    kmeans = []
+    for bits in section["quantization"]["kmeans_bits"]:
+        quantizer = compression.KMeansQuantizer(nets.load(source_path), bits)
+        before = evaluate(quantizer.net, test)["accuracy"]
+        history = quantizer.finetune(train, settings)
+        kmeans.append({"bits": bits, "test_accuracy_quantized": before,
+                       "test_accuracy_finetuned": evaluate(quantizer.net, test)["accuracy"], "history": history,
+                       **quantizer.sizes()})
+    linear = [{"bits": bits, "test_accuracy": evaluate(compression.linear_quantize(net, bits), test)["accuracy"],
+               **compression.linear_sizes(net, bits)} for bits in section["quantization"]["linear_bits"]]
+    result = {"reference": {"test_accuracy": evaluate(net, test)["accuracy"], **compression.size_report(net)},
+              "kmeans": kmeans, "linear": linear, "seconds": time.perf_counter() - start}
+    write_json(out, result)
+    return result
+
+
+def distillation_stage(edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
+    """A narrower student trained on labels alone and distilled from the source net at each temperature."""
+    section = edge["compression"]["distillation"]
+    train, _, test = _compression_data(edge, seed)
+    teacher = nets.load(source_path)
+    settings = TrainSettings(epochs=section["epochs"], batch_size=edge["pretrain"]["batch_size"],
+                             lr=edge["pretrain"]["lr"], momentum=edge["pretrain"]["momentum"],
+                             weight_decay=edge["pretrain"]["weight_decay"], seed=seed)
+    student_config = {**teacher.config, "width": section["student_width"]}
+
+    def student() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return nets.build("mobilenet", **student_config)
+
+    start = time.perf_counter()
+    rows = []
+    alone = student()
+    history = fit(alone, train, settings)
+    rows.append({"method": "labels only", "temperature": None, "alpha": 0.0,
+                 "test_accuracy": evaluate(alone, test)["accuracy"], "history": history})
+    for temperature in section["temperatures"]:
+        distilled = student()
+        history = compression.distill(teacher, distilled, train, settings, temperature, section["alpha"])
+        rows.append({"method": "distilled", "temperature": temperature, "alpha": section["alpha"],
+                     "test_accuracy": evaluate(distilled, test)["accuracy"], "history": history})
+    result = {"teacher": {"test_accuracy": evaluate(teacher, test)["accuracy"], **compression.size_report(teacher)},
+              "student": compression.size_report(alone), "student_width": section["student_width"],
+              "epochs": section["epochs"], "students": rows, "seconds": time.perf_counter() - start}
+    write_json(out, result)
     return result

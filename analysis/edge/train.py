@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -45,8 +46,13 @@ def trainable(net: nn.Module) -> list[nn.Parameter]:
     return [p for p in net.parameters() if p.requires_grad]
 
 
-def fit(net: nn.Module, data: ImageSet, settings: TrainSettings, validation: ImageSet | None = None) -> list[dict]:
-    """Train ``net``'s trainable parameters on ``data``; one record per epoch (loss, accuracies)."""
+def fit(net: nn.Module, data: ImageSet, settings: TrainSettings, validation: ImageSet | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
+    """Train ``net``'s trainable parameters on ``data``; one record per epoch (loss, accuracies).
+
+    ``loss_fn(logits, index)`` replaces the cross-entropy (``index``: the batch's positions in
+    ``data``), e.g. a distillation loss against precomputed teacher outputs.
+    """
     params = trainable(net)
     if not params:
         raise ValueError("nothing to train: no parameter requires a gradient")
@@ -64,7 +70,7 @@ def fit(net: nn.Module, data: ImageSet, settings: TrainSettings, validation: Ima
             index = order[start:start + settings.batch_size]
             x, y = data.images[index], data.labels[index]
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_fn(logits, index) if loss_fn is not None else F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -44,6 +44,11 @@ EDGE = config["edge"]
 EDGE_MODES = EDGE["transfer"]["modes"]
 # Budgets name files: 64 -> budget_64.json, 0.5 -> budget_0.5.json.
 EDGE_BUDGETS = [f"{b:g}" for b in EDGE["sparse"]["budgets_kib"]]
+EDGE_PARTITIONS = EDGE["federated"]["partitions"]
+# One leakage job without defense, one per defense that lists a strength.
+EDGE_DEFENSES = ["none"] + [
+    d for d, strengths in EDGE["leakage"]["defenses"].items() if strengths
+]
 # How a split's lines become the text a model trains on and the text it is evaluated on.
 TRAIN_POLICY = ADAPTATION["join_policy"]
 EVAL_POLICY = EVALUATION["join_policy"]
@@ -72,6 +77,8 @@ wildcard_constraints:
     policy=_alternatives(m2d2_lib.JOIN_POLICIES),
     edge_mode=_alternatives(EDGE_MODES),
     budget=_alternatives(EDGE_BUDGETS),
+    partition=_alternatives(EDGE_PARTITIONS),
+    defense=_alternatives(EDGE_DEFENSES),
 
 
 def sample_targets():
@@ -170,6 +177,10 @@ def edge_params(*sections):
     (Snakemake reruns a job whose params changed). The sparse section goes without its budget list.
     """
     picked = {key: EDGE[key] for key in ("image_size", "channels", *sections)}
+    if "federated" in picked:  # Ray's CPUs are the rule's threads
+        picked["federated"] = {
+            k: v for k, v in EDGE["federated"].items() if k != "threads"
+        }
     if "sparse" in picked:
         picked["sparse"] = {
             k: v for k, v in EDGE["sparse"].items() if k != "budgets_kib"
@@ -188,6 +199,24 @@ def edge_targets():
         *expand(
             f"{RESULTS}/edge/figures/{{figure}}.png",
             figure=["transfer_memory", "contributions", "sparse"],
+        ),
+        *expand(
+            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
+            table=["federated", "leakage"],
+            ext=["tsv", "md"],
+        ),
+        *expand(
+            f"{RESULTS}/edge/figures/{{figure}}.png",
+            figure=["federated", "leakage_reconstructions", "leakage_defenses"],
+        ),
+        *expand(
+            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
+            table=["compression", "sensitivity"],
+            ext=["tsv", "md"],
+        ),
+        *expand(
+            f"{RESULTS}/edge/figures/{{figure}}.png",
+            figure=["compression", "sensitivity"],
         ),
     ]
 

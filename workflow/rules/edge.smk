@@ -17,7 +17,7 @@ rule edge_pretrain:
     benchmark:
         f"{RESULTS}/benchmarks/edge/pretrain.tsv"
     conda:
-        "../../envs/adaptation.yaml"
+        "../../envs/edge.yaml"
     threads: EDGE["threads"]
     resources:
         mem_mb=4000,
@@ -39,7 +39,7 @@ rule edge_transfer:
     benchmark:
         f"{RESULTS}/benchmarks/edge/transfer/{{edge_mode}}.tsv"
     conda:
-        "../../envs/adaptation.yaml"
+        "../../envs/edge.yaml"
     threads: EDGE["threads"]
     resources:
         mem_mb=4000,
@@ -61,7 +61,7 @@ rule edge_contributions:
     benchmark:
         f"{RESULTS}/benchmarks/edge/contributions.tsv"
     conda:
-        "../../envs/adaptation.yaml"
+        "../../envs/edge.yaml"
     threads: EDGE["threads"]
     resources:
         mem_mb=4000,
@@ -84,7 +84,7 @@ rule edge_sparse:
     benchmark:
         f"{RESULTS}/benchmarks/edge/sparse/budget_{{budget}}.tsv"
     conda:
-        "../../envs/adaptation.yaml"
+        "../../envs/edge.yaml"
     threads: EDGE["threads"]
     resources:
         mem_mb=4000,
@@ -143,6 +143,154 @@ rule edge_tables:
     log:
         f"{LOGS}/edge/tables.log",
     conda:
-        "../../envs/adaptation.yaml"
+        "../../envs/edge.yaml"
     script:
         "../scripts/edge_tables.py"
+
+
+rule edge_federated:
+    output:
+        json=f"{RESULTS}/edge/federated/{{partition}}.json",
+    log:
+        f"{LOGS}/edge/federated/{{partition}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/edge/federated/{{partition}}.tsv"
+    conda:
+        "../../envs/edge.yaml"
+    threads: EDGE["federated"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=grows(60),
+    params:
+        edge=edge_params("federated"),
+        seed=config["seed"],
+    script:
+        "../scripts/edge_federated.py"
+
+
+rule edge_leakage:
+    output:
+        json=f"{RESULTS}/edge/leakage/{{defense}}.json",
+        snapshots=f"{RESULTS}/edge/leakage/{{defense}}.npz",
+    log:
+        f"{LOGS}/edge/leakage/{{defense}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/edge/leakage/{{defense}}.tsv"
+    conda:
+        "../../envs/edge.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=grows(120),
+    params:
+        edge=edge_params("leakage"),
+        seed=config["seed"],
+    script:
+        "../scripts/edge_leakage.py"
+
+
+rule edge_privacy_tables:
+    input:
+        federated=expand(
+            f"{RESULTS}/edge/federated/{{partition}}.json", partition=EDGE_PARTITIONS
+        ),
+        leakage=expand(
+            f"{RESULTS}/edge/leakage/{{defense}}.json", defense=EDGE_DEFENSES
+        ),
+        snapshots=expand(
+            f"{RESULTS}/edge/leakage/{{defense}}.npz", defense=EDGE_DEFENSES
+        ),
+    output:
+        federated=report(
+            f"{RESULTS}/edge/tables/federated.tsv",
+            caption="../report/edge_federated_table.rst",
+            category="Edge training",
+        ),
+        federated_md=f"{RESULTS}/edge/tables/federated.md",
+        leakage=report(
+            f"{RESULTS}/edge/tables/leakage.tsv",
+            caption="../report/edge_leakage_table.rst",
+            category="Edge training",
+        ),
+        leakage_md=f"{RESULTS}/edge/tables/leakage.md",
+        federated_figure=report(
+            f"{RESULTS}/edge/figures/federated.png",
+            caption="../report/edge_federated_figure.rst",
+            category="Edge training",
+        ),
+        reconstructions=report(
+            f"{RESULTS}/edge/figures/leakage_reconstructions.png",
+            caption="../report/edge_leakage_reconstructions.rst",
+            category="Edge training",
+        ),
+        defenses=report(
+            f"{RESULTS}/edge/figures/leakage_defenses.png",
+            caption="../report/edge_leakage_defenses.rst",
+            category="Edge training",
+        ),
+    log:
+        f"{LOGS}/edge/privacy_tables.log",
+    conda:
+        "../../envs/edge.yaml"
+    script:
+        "../scripts/edge_privacy_tables.py"
+
+
+rule edge_compress:
+    input:
+        net=rules.edge_pretrain.output.net,
+    output:
+        json=f"{RESULTS}/edge/compression/{{method}}.json",
+    log:
+        f"{LOGS}/edge/compression/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/edge/compression/{{method}}.tsv"
+    wildcard_constraints:
+        method="pruning|quantization|distillation",
+    conda:
+        "../../envs/edge.yaml"
+    threads: EDGE["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=grows(60),
+    params:
+        edge=edge_params("source", "pretrain", "compression"),
+        seed=config["seed"],
+    script:
+        "../scripts/edge_compress.py"
+
+
+rule edge_compression_tables:
+    input:
+        pruning=f"{RESULTS}/edge/compression/pruning.json",
+        quantization=f"{RESULTS}/edge/compression/quantization.json",
+        distillation=f"{RESULTS}/edge/compression/distillation.json",
+    output:
+        compression=report(
+            f"{RESULTS}/edge/tables/compression.tsv",
+            caption="../report/edge_compression_table.rst",
+            category="Edge training",
+        ),
+        compression_md=f"{RESULTS}/edge/tables/compression.md",
+        sensitivity=report(
+            f"{RESULTS}/edge/tables/sensitivity.tsv",
+            caption="../report/edge_sensitivity_table.rst",
+            category="Edge training",
+        ),
+        sensitivity_md=f"{RESULTS}/edge/tables/sensitivity.md",
+        compression_figure=report(
+            f"{RESULTS}/edge/figures/compression.png",
+            caption="../report/edge_compression_figure.rst",
+            category="Edge training",
+        ),
+        sensitivity_figure=report(
+            f"{RESULTS}/edge/figures/sensitivity.png",
+            caption="../report/edge_sensitivity_figure.rst",
+            category="Edge training",
+        ),
+    log:
+        f"{LOGS}/edge/compression_tables.log",
+    conda:
+        "../../envs/edge.yaml"
+    script:
+        "../scripts/edge_compression_tables.py"

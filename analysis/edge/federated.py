@@ -1,0 +1,211 @@
+"""Federated averaging (McMahan et al., 2017) on Flower's simulation engine.
+
+K simulated clients hold disjoint parts of the training split: IID (a seeded shuffle cut into K
+parts) or non-IID (per class, Dirichlet(alpha) proportions over the clients; small alpha: each client
+sees few classes). Each round every sampled client starts from the global weights, takes
+``local_steps`` SGD steps on its own data and sends its weights back; the server averages them
+weighted by the clients' example counts (Flower's ``FedAvg``) and scores the new global model on the
+test split. The client and server code are a Flower ``ClientApp`` and ``ServerApp``: the same code
+runs under ``flwr run`` on real SuperNodes; here ``run_simulation`` runs the clients as Ray actors.
+
+Clients read their data from an ``.npz`` written once by the driver, so a Ray actor (a separate
+process) loads it once and nothing large travels in the messages but the weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from analysis.edge.data import ImageSet
+from analysis.edge.nets import LeNet
+from analysis.errors import PipelineError
+
+log = logging.getLogger(__name__)
+PARTITIONS = ("iid", "dirichlet")
+
+
+@dataclass
+class FederatedSettings:
+    clients: int = 10
+    rounds: int = 10
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 0.05
+    fraction: float = 1.0  # of the clients sampled per round
+    alpha: float = 0.5  # Dirichlet concentration of the non-IID split
+    min_examples: int = 2  # every client holds at least this many examples
+    activation: str = "relu"
+    threads: int = 1
+    seed: int = 0
+
+    def check(self, n_examples: int) -> None:
+        if self.clients < 1:
+            raise PipelineError(f"edge.federated.clients = {self.clients}: need at least one client")
+        if self.clients * self.min_examples > n_examples:
+            raise PipelineError(f"edge.federated.clients = {self.clients}: {n_examples} training images cannot give "
+                                f"every client {self.min_examples}")
+        if not 0 < self.fraction <= 1:
+            raise PipelineError(f"edge.federated.fraction = {self.fraction} is not in (0, 1]")
+        if self.alpha <= 0:
+            raise PipelineError(f"edge.federated.alpha = {self.alpha} must be positive")
+
+
+def partition(labels: np.ndarray, clients: int, scheme: str, *, alpha: float = 0.5, seed: int = 0,
+              min_examples: int = 2) -> list[np.ndarray]:
+    """Indices of each client's examples, sorted; every example belongs to exactly one client."""
+    if scheme not in PARTITIONS:
+        raise PipelineError(f"unknown partition {scheme!r}; expected one of {', '.join(PARTITIONS)}")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), clients)]
+    for _ in range(1000):  # redraw until every client holds enough examples, as is usual for Dirichlet splits
+        parts: list[list[int]] = [[] for _ in range(clients)]
+        for label in np.unique(labels):
+            index = rng.permutation(np.flatnonzero(labels == label))
+            cuts = (np.cumsum(rng.dirichlet(np.full(clients, alpha))) * len(index)).astype(int)[:-1]
+            for client, piece in enumerate(np.split(index, cuts)):
+                parts[client] += piece.tolist()
+        if min(len(p) for p in parts) >= min_examples:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise PipelineError(f"a Dirichlet split with alpha = {alpha} over {clients} clients left a client with fewer than "
+                        f"{min_examples} examples in 1000 draws; raise edge.federated.alpha or lower clients")
+
+
+def label_histogram(labels: np.ndarray, parts: list[np.ndarray], classes: int) -> list[list[int]]:
+    return [np.bincount(labels[p], minlength=classes).tolist() for p in parts]
+
+
+def _net(settings: dict) -> LeNet:
+    return LeNet(**settings)
+
+
+@functools.lru_cache(maxsize=2)
+def _client_data(path: str) -> dict:
+    with np.load(path) as blob:
+        return {k: blob[k] for k in blob.files}
+
+
+def local_training(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int,
+                   lr: float, generator: torch.Generator) -> float:
+    """``steps`` SGD steps on mini-batches drawn in a seeded order (reshuffled every pass); mean loss."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    net.train()
+    order = torch.randperm(len(labels), generator=generator)
+    position, total = 0, 0.0
+    for _ in range(steps):
+        if position >= len(order):
+            order, position = torch.randperm(len(labels), generator=generator), 0
+        index = order[position:position + batch_size]
+        position += batch_size
+        loss = F.cross_entropy(net(images[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / max(1, steps)
+
+
+def client_app(data_path: str, net_settings: dict, settings: FederatedSettings):
+    """The Flower ClientApp: local training on the partition of the node's ``partition-id``."""
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        data = _client_data(data_path)
+        client = int(context.node_config["partition-id"])
+        index = data[f"client_{client}"]
+        images, labels = torch.from_numpy(data["images"][index]), torch.from_numpy(data["labels"][index])
+        net = _net(net_settings)
+        net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        server_round = int(msg.content["config"]["server-round"])
+        generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round * 1009 + client)
+        loss = local_training(net, images, labels, settings.local_steps, settings.batch_size, settings.lr, generator)
+        metrics = MetricRecord({"num-examples": len(index), "train_loss": loss})
+        return Message(content=RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+@torch.no_grad()
+def _score(net: torch.nn.Module, data: ImageSet) -> dict:
+    net.eval()
+    logits = net(data.images)
+    return {"accuracy": float((logits.argmax(1) == data.labels).float().mean()),
+            "loss": float(F.cross_entropy(logits, data.labels))}
+
+
+def federated_averaging(train: ImageSet, test: ImageSet, scheme: str, settings: FederatedSettings,
+                        image_size: int) -> dict:
+    """Run FedAvg over ``settings.clients`` simulated clients; per-round test accuracy and timings."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    settings.check(len(train.labels))
+    labels = train.labels.numpy()
+    parts = partition(labels, settings.clients, scheme, alpha=settings.alpha, seed=settings.seed,
+                      min_examples=settings.min_examples)
+    net_settings = {"in_channels": train.images.shape[1], "num_classes": len(train.classes), "image_size": image_size,
+                    "activation": settings.activation}
+    torch.manual_seed(settings.seed)
+    initial = _net(net_settings).state_dict()
+    rounds: list[dict] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedavg-") as tmp:
+        data_path = os.path.join(tmp, "clients.npz")
+        np.savez(data_path, images=train.images.numpy(), labels=labels,
+                 **{f"client_{i}": part for i, part in enumerate(parts)})
+        server = ServerApp()
+
+        @server.main()
+        def main(grid: Grid, context: Context) -> None:
+            sampled = max(1, round(settings.fraction * settings.clients))
+            strategy = FedAvg(fraction_train=settings.fraction, fraction_evaluate=0.0, min_train_nodes=sampled,
+                              min_evaluate_nodes=0, min_available_nodes=settings.clients)
+
+            def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+                net = _net(net_settings)
+                net.load_state_dict(arrays.to_torch_state_dict())
+                scores = _score(net, test)
+                rounds.append({"round": server_round, "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+                               "seconds": time.perf_counter() - start})
+                log.info("round %d: test accuracy %.4f", server_round, scores["accuracy"])
+                return MetricRecord(scores)
+
+            result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=settings.rounds,
+                                    train_config=ConfigRecord({"lr": settings.lr}), evaluate_fn=evaluate)
+            for record in rounds:
+                metrics = result.train_metrics_clientapp.get(record["round"])
+                if metrics is not None:
+                    record["train_loss"] = float(metrics["train_loss"])
+
+        run_simulation(server_app=server, client_app=client_app(data_path, net_settings, settings),
+                       num_supernodes=settings.clients,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": settings.threads, "include_dashboard": False}})
+    if len(rounds) != settings.rounds + 1:
+        raise PipelineError(f"the Flower simulation ended after {max(0, len(rounds) - 1)} of {settings.rounds} rounds; "
+                            "see the log for the client error")
+    durations = np.diff([r["seconds"] for r in rounds])
+    return {"partition": scheme, "clients": settings.clients, "settings": settings.__dict__,
+            "client_examples": [len(p) for p in parts],
+            "client_label_histogram": label_histogram(labels, parts, len(train.classes)),
+            "rounds": rounds, "final_test_accuracy": rounds[-1]["test_accuracy"],
+            "seconds": time.perf_counter() - start,
+            "round_seconds_median": float(np.median(durations[1:])) if len(durations) > 1 else float(durations[0]),
+            "first_round_seconds": float(durations[0])}
+
