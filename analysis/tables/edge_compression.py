@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.errors import PipelineError
 from analysis.tables.common import save_figure, write_table
-from analysis.tables.edge import _blank, _pyplot, _read
+from analysis.tables.edge import _blank, _labels, _pyplot, _read
 
 FAMILIES = {  # family -> colour, marker (the reference: a star)
     "reference": ("black", "*"), "fine-grained pruning": ("tab:blue", "o"), "channel pruning": ("tab:orange", "s"),
@@ -53,11 +53,15 @@ def _pruning_rows(blob: dict) -> list[dict]:
     return rows
 
 
+def _bits(bits: int) -> str:
+    return f"{bits} bit" + ("s" if bits != 1 else "")
+
+
 def _quantization_rows(blob: dict) -> list[dict]:
     ref = blob["reference"]
-    rows = [_row("k-means quantization", f"{r['bits']} bits", r, ref, r["test_accuracy_finetuned"],
+    rows = [_row("k-means quantization", _bits(r["bits"]), r, ref, r["test_accuracy_finetuned"],
                  r["test_accuracy_quantized"], bits=r["bits"]) for r in sorted(blob["kmeans"], key=lambda r: r["bits"])]
-    return rows + [_row("linear quantization", f"{r['bits']} bits", r, ref, r["test_accuracy"], bits=r["bits"])
+    return rows + [_row("linear quantization", _bits(r["bits"]), r, ref, r["test_accuracy"], bits=r["bits"])
                    for r in sorted(blob["linear"], key=lambda r: r["bits"])]
 
 
@@ -93,14 +97,13 @@ def sensitivity_table(blob: dict, path) -> pd.DataFrame:
 def compression_tables(pruning: str | Path, quantization: str | Path, distillation: str | Path,
                        tables_dir: str | Path, figures_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Write compression and sensitivity tables (TSV + Markdown) and two figures; return the two tables."""
-    blobs = {"pruning": (pruning, _read(pruning, "pruning result", (
-                 "reference", "sensitivity", "sensitivity_sparsities", "fine_grained", "channels"))),
-             "quantization": (quantization, _read(quantization, "quantization result", ("reference", "kmeans", "linear"))),
-             "distillation": (distillation, _read(distillation, "distillation result", (
-                 "teacher", "student", "students", "student_width")))}
-    builders = {"pruning": _pruning_rows, "quantization": _quantization_rows, "distillation": _distillation_rows}
-    rows = [row for what, (path, blob) in blobs.items() for row in _rows(builders[what], path, f"{what} result", blob)]
-    p, q, d = (blobs[k][1] for k in ("pruning", "quantization", "distillation"))
+    p = _read(pruning, "pruning result",
+              ("reference", "sensitivity", "sensitivity_sparsities", "fine_grained", "channels"))
+    q = _read(quantization, "quantization result", ("reference", "kmeans", "linear"))
+    d = _read(distillation, "distillation result", ("teacher", "student", "students", "student_width"))
+    rows = _rows(_pruning_rows, pruning, "pruning result", p) + \
+        _rows(_quantization_rows, quantization, "quantization result", q) + \
+        _rows(_distillation_rows, distillation, "distillation result", d)
     sizes = [p["reference"]["size_kib"], q["reference"]["size_kib"], d["teacher"]["size_kib"]]
     if not all(math.isclose(s, sizes[0]) for s in sizes):
         raise PipelineError(f"{pruning}, {quantization} and {distillation} compress different source nets "
@@ -110,7 +113,7 @@ def compression_tables(pruning: str | Path, quantization: str | Path, distillati
     tables, figures = Path(tables_dir), Path(figures_dir)
     base = float((scan["validation_accuracy"] + scan["accuracy_drop"]).iloc[0])
     drop = p.get("max_accuracy_drop")
-    alpha = next((r["alpha"] for r in d["students"] if r["temperature"] is not None), None)
+    alpha = next((r.get("alpha") for r in d["students"] if r.get("temperature") is not None), None)
     write_table(_blank(frame), tables / "compression.tsv", tables / "compression.md", title=(
         f"Compression of the source net (test accuracy {p['reference']['test_accuracy']:.3f}, "
         f"{p['reference']['size_kib']:.1f} KiB): size_kib = stored weights (weight_kib: non-zeros at 32 bits for "
@@ -118,7 +121,7 @@ def compression_tables(pruning: str | Path, quantization: str | Path, distillati
         "linear) + biases and batch norm at float32; compression_ratio = reference size / size; test accuracy after "
         "fine-tuning where there is one (before: test_accuracy_before_finetune); linear quantization is not "
         "fine-tuned; accuracy_change vs the reference (the teacher for distillation); macs where recorded; "
-        f"distillation: student of width {d['student_width']:g}"
+        f"distillation: student of width {d['student_width']}"
         + (f", alpha {alpha:g}" if alpha is not None else "") + f", {d.get('epochs', '?')} epochs from scratch"))
     write_table(scan, tables / "sensitivity.tsv", tables / "sensitivity.md", title=(
         "Sensitivity scan: one layer at a time pruned (L1, unstructured) to each sparsity, validation accuracy "
@@ -137,11 +140,21 @@ def _points(axis, part: pd.DataFrame, x: str, family: str, label: str, line: boo
     before = part.dropna(subset=["test_accuracy_before_finetune"])
     if len(before):
         axis.plot(before[x], before["test_accuracy_before_finetune"], markerfacecolor="white", linestyle="--",
-                  label=f"{label}, before fine-tuning", zorder=3, **{**style, "linewidth": 0.8 if line else 0})
+                  label=f"{label}, before fine-tuning", zorder=2.5, **{**style, "linewidth": 0.8 if line else 0})
         if not line:
             for r in before.itertuples():
                 axis.plot([getattr(r, x)] * 2, [r.test_accuracy_before_finetune, r.test_accuracy], color=colour,
                           linewidth=0.6, alpha=0.5, zorder=2)
+
+
+SHORT = (("global ", ""), ("sensitivity", "sens."), ("% hidden channels removed", "% ch."), (" bits", "b"),
+         (" bit", "b"), ("student, labels only", "labels"), ("student ", ""))
+
+
+def _short(setting: str) -> str:
+    for old, new in (*SHORT, ("float32 source net", "float32")):
+        setting = setting.replace(old, new)
+    return setting.split(" (")[0]
 
 
 def _reference(axis, frame: pd.DataFrame, x: float) -> None:
@@ -161,11 +174,11 @@ def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
             _points(left, part, "size_kib", family, family)
     _reference(left, frame, frame.loc[frame["family"] == "reference", "size_kib"].iloc[0])
     left.set_xscale("log")
+    left.margins(x=0.1)
     for which in ("major", "minor"):
         getattr(left.xaxis, f"set_{which}_formatter")(ticker.LogFormatter(labelOnlyBase=False))
     left.set_xlabel("stored size (KiB, log scale)")
     left.set_title("accuracy against size (hollow: before fine-tuning)", fontsize=10)
-    left.legend(fontsize=7, loc="lower right")
     quantized = frame[frame["family"].isin(["k-means quantization", "linear quantization"])]
     for family in ("k-means quantization", "linear quantization"):
         part = quantized[quantized["family"] == family]
@@ -178,7 +191,6 @@ def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
     middle.xaxis.set_minor_formatter(ticker.NullFormatter())
     middle.set_xlabel("bits per weight (log scale)")
     middle.set_title("quantization (linear: no fine-tuning)", fontsize=10)
-    middle.legend(fontsize=7, loc="lower right")
     fine = frame[frame["family"] == "fine-grained pruning"]
     glob, sens = fine[fine["setting"].str.startswith("global")], fine[~fine["setting"].str.startswith("global")]
     if len(glob):
@@ -192,11 +204,13 @@ def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
     right.set_xlim(-0.03, 1.0)
     right.set_xlabel("sparsity (share of weights zero)")
     right.set_title("fine-grained pruning", fontsize=10)
-    right.legend(fontsize=7, loc="lower left")
     for axis in axes:
         axis.set_ylim(0, 1.05)
         axis.set_ylabel("source-task test accuracy")
         axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    _labels(left, [(r.size_kib, r.test_accuracy, _short(r.setting), FAMILIES[r.family][0])  # after the limits
+                   for r in frame.itertuples()], step=0.04)
     figure.suptitle("Compressing the source net: pruning, quantization and distillation", fontsize=11)
     figure.tight_layout()
     save_figure(figure, path)
@@ -212,20 +226,23 @@ def sensitivity_figure(scan: pd.DataFrame, base: float, drop: float | None, path
                                 squeeze=False)
     low = float(scan["validation_accuracy"].min())
     for axis, layer in zip(axes.flat, layers):
-        part = scan[scan["layer"] == layer]
+        part = scan[scan["layer"] == layer].sort_values("sparsity")
         chosen = float(part["chosen_sparsity"].iloc[0])
         axis.axhline(base, color="grey", linestyle=":", linewidth=1)
         if drop is not None:
             axis.axhspan(base - drop, base, color="tab:green", alpha=0.15)
         axis.plot(part["sparsity"], part["validation_accuracy"], marker="o", markersize=4, color="tab:blue")
+        axis.plot([0, part["sparsity"].iloc[0]], [base, part["validation_accuracy"].iloc[0]], color="tab:blue",
+                  linestyle=":", linewidth=0.8)  # from the unpruned layer
         at = part[part["sparsity"] == chosen]
         axis.plot([chosen], [at["validation_accuracy"].iloc[0] if len(at) else base], marker="o", markersize=9,
                   markerfacecolor="none", markeredgecolor="tab:red", markeredgewidth=1.5, linestyle="none")
         axis.set_title(f"{layer}: {chosen:g}", fontsize=8, color="tab:red" if chosen == 0 else "black")
         axis.grid(alpha=0.3)
         axis.tick_params(labelsize=7)
-    for axis in list(axes.flat)[len(layers):]:
-        axis.set_visible(False)
+    for index in range(len(layers), rows * columns):
+        axes.flat[index].set_visible(False)
+        axes.flat[index - columns].tick_params(labelbottom=True)  # the x ticks of the panel above the gap
     axes[0][0].set_xlim(-0.05, 1.0)
     axes[0][0].set_ylim(min(0.0, low - 0.05), 1.05)
     figure.supxlabel("sparsity of the one pruned layer", fontsize=9)
