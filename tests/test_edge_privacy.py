@@ -173,6 +173,10 @@ def test_training_through_99_percent_pruning_keeps_the_accuracy(digits):
 
 @pytest.mark.parametrize("edge, message", [
     ({"federated": {"clients": 0}}, "edge.federated.clients"),
+    ({"federated": {"task": {"dataset": "idx", "path": "/nowhere/mnist"}}},
+     "'edge.federated.task.path': dataset directory /nowhere/mnist does not exist"),
+    ({"leakage": {"task": {"dataset": "folder", "path": "/nowhere/images"}}},
+     "'edge.leakage.task.path': dataset directory /nowhere/images does not exist"),
     ({"federated": {"partitions": ["shards"]}}, "edge.federated.partitions.0"),
     ({"leakage": {"defenses": {"dropout": [0.1]}}}, "unknown key 'edge.leakage.defenses.dropout'"),
     ({"leakage": {"defenses": {"prune": [0.5, 1.0]}}}, "edge.leakage.defenses.prune.1"),
