@@ -154,3 +154,22 @@ def test_hf_hub_id_offline_fails_with_instructions_not_a_traceback(tmp_path):
     assert "hf download Skylion007/openwebtext --repo-type dataset" in out.stdout
     assert "HF_DATASETS_OFFLINE=1" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_corrupt_gzip_names_the_file(tmp_path):
+    path = tmp_path / "a.jsonl.gz"
+    data = gzip.compress("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(500)).encode())
+    path.write_bytes(data[:30] + bytes(40) + data[70:])
+    with pytest.raises(CorpusError, match=f"cannot read {path}: "):
+        read({"format": "jsonl", "path": str(path)})
+
+
+@pytest.mark.parametrize(
+    "path, remote",
+    [("hf://datasets/a/b/*.jsonl", True), ("https://x.org/a.json.gz", True), ("file:///data/a.jsonl", True),
+     ("/data/a/*.jsonl", False), ("data/urls/v1_6-sample.txt", False)],
+)
+def test_remote_paths_are_urls(path, remote):
+    from analysis.corpora.sources import is_remote
+
+    assert is_remote(path) is remote

@@ -350,7 +350,7 @@ def domain_inputs(wildcards):
 
 
 def source_inputs(wildcards):
-    """The local files a source-corpus sample reads (none for a hub dataset id)."""
+    """The local files a source-corpus sample reads (none for a hub dataset or a remote path)."""
     return corpus_files(wildcards.corpus)
 
 
@@ -358,7 +358,7 @@ def corpus_files(corpus):
     spec = config["corpora"][corpus]
     if DEMO_OUTPUTS is not None and spec["path"] in DEMO_OUTPUTS["sources"]:
         return [spec["path"]]
-    if spec["format"] == "hf":
+    if spec["format"] == "hf" or sources_lib.is_remote(spec["path"]):
         return []
     try:
         return [
