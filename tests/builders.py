@@ -67,3 +67,80 @@ def save_tiny_gpt2(directory: Path, n_layer: int = 2, n_embd: int = 32, context:
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def awkward_lines(n: int, seed: int = 0) -> list[str]:
+    """Lines of an M2D2 split at its most awkward for a tokenizer: runs of blank lines, leading and
+    trailing spaces and tabs, very long lines, non-ASCII (accents, CJK, Cyrillic, emoji, combining
+    marks, no-break and ideographic spaces), carriage returns, LaTeX, and special-token strings."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "of", "Paris", "naïve", "café", "über", "東京", "данные", "x²", "—", "(1999)", "e.g.",
+             "'s", "don't", "3.14", "$x^2$", "\\alpha", "😀", "e\u0301", "\u0301", "ﬁ", "a\u00a0b",
+             "\u3000", "<|endoftext|>", "</s>", "Ā", "\t", "\r"]
+    ends = ["", ".", ":", "!", " ", "  ", "\u00a0", "\r", "\t"]
+    starts = ["", "", "", " ", "   ", "\t", "\u3000", "\u0301", "(", "'"]
+    lines = []
+    for _ in range(n):
+        k = rng.random()
+        if k < 0.15:
+            lines.extend([""] * rng.randint(1, 4))
+        elif k < 0.2:
+            lines.append(" " * rng.randint(1, 3))
+        else:
+            length = rng.randint(200, 600) if k < 0.24 else rng.randint(1, 25)
+            lines.append(rng.choice(starts) + " ".join(rng.choice(words) for _ in range(length)) + rng.choice(ends))
+    return lines
+
+
+def gpt2_style_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A byte-level BPE built as GPT-2's (ByteLevel pre-tokenizer, GPT-2 regex, no prefix space)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def olmo_style_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A GPT-NeoX-style byte-level BPE as OLMo's: NFC normaliser, ByteLevel pre-tokenizer, and the
+    PII-mask added tokens of Dolma."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.add_tokens([AddedToken("|||EMAIL_ADDRESS|||", normalized=False),
+                          AddedToken("|||PHONE_NUMBER|||", normalized=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>")
+
+
+def llama_style_tokenizer(texts: list[str], vocab_size: int = 900, newline_merges: bool = False):
+    """A BPE built as LLaMA's tokenizer.json: Prepend("▁") + Replace(" ", "▁") normaliser, no
+    pre-tokenizer, byte fallback (the 256 <0x..> tokens), trained on lines so that, as in LLaMA's
+    vocabulary, no token holds a newline; ``newline_merges`` trains on whole texts instead, so that
+    tokens join newlines to other characters."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+                                  show_progress=False)
+    lines = texts if newline_merges else [line for text in texts for line in text.split("\n") if line]
+    tokenizer.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

@@ -145,3 +145,26 @@ def test_sample_larger_than_corpus_is_an_error_and_keeps_previous_output(tmp_pat
     with pytest.raises(CorpusError, match=rf"corpus 'web' \({path}\) has 30 non-empty texts but corpora.web.n_texts asks for 31"):
         sample_source(name="web", spec=spec, base_seed=1, output=out, provenance=prov, progress=False)
     assert out.read_bytes() == b"previous result" and not prov.exists()
+
+
+@pytest.mark.parametrize("policy", ["line", "paragraph"])
+@pytest.mark.parametrize("archived", [False, True])
+def test_streamed_domain_sample_equals_drawing_from_the_whole_pool(tmp_path, policy, archived):
+    """Two streamed passes give the texts, order and indices that listing every text and drawing
+    gave before (the pre-streaming implementation, written out here)."""
+    from analysis.corpora import m2d2
+    from tests.builders import awkward_lines, write_domain_archive
+
+    splits = {split: "\n".join(awkward_lines(300, seed)) + "\n" for seed, split in enumerate(m2d2.SPLITS)}
+    root = tmp_path / "m2d2"
+    (write_domain_archive if archived else write_domain_dir)(root, "math.AG", splits)
+    record = _sample_domain(root, tmp_path / "out", domain="math.AG", splits=["train", "test"],
+                            document_policy=policy, fraction=0.2, max_texts=10_000)
+    pool = [(split, i, text) for split in ("train", "test")
+            for i, text in enumerate(m2d2.documents(m2d2.read_split(root, "math.AG", split).lines, policy))]
+    chosen = sorted(random.Random(derive_seed(7, "domain", "math.AG")).sample(range(len(pool)), record["n_sampled"]))
+    table = pq.read_table(tmp_path / "out" / "math.AG.parquet").to_pydict()
+    assert list(zip(table["split"], table["source_index"], table["text"])) == [pool[i] for i in chosen]
+    assert record["n_available"] == len(pool) and record["n_sampled"] == max(1, -(-len(pool) // 5))
+    assert [f["texts"] for f in record["files"]] == [sum(1 for s, _, _ in pool if s == split)
+                                                      for split in ("train", "test")]

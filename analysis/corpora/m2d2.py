@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from analysis.corpora import catalogue
 from analysis.errors import CorpusError
@@ -96,36 +98,31 @@ def available_domains(root: str | Path) -> set[str]:
     return names
 
 
-def _decode(data: bytes, source: str, max_invalid_fraction: float) -> tuple[list[str], int, int]:
-    """Split bytes on newlines and decode each line as UTF-8.
+def _decode_lines(block: bytes, counts: "_DecodeCounts") -> list[str]:
+    """The lines of ``block`` (complete lines joined by ``\\n``, without the last line's newline).
 
-    Undecodable bytes become U+FFFD and are counted; if more than ``max_invalid_fraction`` of the
-    lines are damaged the file is not treated as text at all.
-    Returns (lines, n_invalid_lines, n_replaced_bytes).
+    Undecodable bytes become U+FFFD and are counted in ``counts``. A newline byte never occurs inside
+    a multi-byte UTF-8 sequence, so decoding line by line equals decoding the whole file.
     """
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    raw_lines = data.split(b"\n") if data else []
     try:
-        return [line.decode("utf-8") for line in raw_lines], 0, 0
+        return block.decode("utf-8").split("\n")
     except UnicodeDecodeError:
         pass
-    lines, n_invalid, n_bytes = [], 0, 0
-    for raw in raw_lines:
+    lines = []
+    for raw in block.split(b"\n"):
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            n_invalid += 1
-            n_bytes += _count_invalid_bytes(raw)
-            lines.append(text)
-    if raw_lines and n_invalid / len(raw_lines) > max_invalid_fraction:
-        raise CorpusError(
-            f"{source}: not UTF-8 text: {n_invalid} of {len(raw_lines)} lines contain invalid "
-            f"UTF-8 bytes (more than the allowed fraction {max_invalid_fraction}; see "
-            "m2d2.max_invalid_line_fraction)"
-        )
-    return lines, n_invalid, n_bytes
+            counts.invalid_lines += 1
+            counts.replaced_bytes += _count_invalid_bytes(raw)
+            lines.append(raw.decode("utf-8", errors="replace"))
+    return lines
+
+
+@dataclass
+class _DecodeCounts:
+    invalid_lines: int = 0
+    replaced_bytes: int = 0
 
 
 def _count_invalid_bytes(raw: bytes) -> int:
@@ -155,78 +152,184 @@ def _archive_member(tar: tarfile.TarFile, archive: Path, domain: str, split: str
     raise CorpusError(f"archive {archive} holds several {wanted!r} files ({names}); cannot choose")
 
 
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+class SplitStream:
+    """The lines of one split, streamed from its file or archive member in bounded memory.
+
+    Iterating yields the lines exactly as released (split on ``\\n`` only, the file's final newline
+    removed), decoded as UTF-8; each iteration reads the file again. The checks that need the whole
+    split run when an iteration ends: more than ``max_invalid_fraction`` damaged lines, or no non-blank
+    line, raise ``CorpusError`` naming the file; afterwards ``sha256`` and the counts describe it.
+    """
+
+    def __init__(self, root: str | Path, domain: str, split: str, max_invalid_fraction: float = 0.01,
+                 chunk_bytes: int = 1 << 22):
+        if split not in SPLITS:
+            raise CorpusError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        self.domain, self.split = domain, split
+        self.location = locate_domain(root, domain)
+        self.max_invalid_fraction = max_invalid_fraction
+        self.chunk_bytes = chunk_bytes
+        if self.location.kind == "directory":
+            self.path = self.location.path / f"{split}.txt"
+            if not self.path.is_file():
+                raise CorpusError(f"M2D2 split file not found: {self.path}")
+            self.source = str(self.path)
+        else:
+            self.path = self.location.path
+            self.source = str(self.path)  # completed with the member's name on the first read
+        self.sha256: str | None = None
+        self.n_lines = self.n_blank_lines = self.n_invalid_lines = self.n_replaced_bytes = 0
+        self.warnings: list[str] = []
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self.location.kind == "directory":
+            with open(self.path, "rb") as handle:
+                yield from iter(lambda: handle.read(self.chunk_bytes), b"")
+            return
+        try:
+            with tarfile.open(self.path, "r:*") as tar:
+                member = _archive_member(tar, self.path, self.domain, self.split)
+                self.source = f"{self.path}:{member.name}"
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    yield from iter(lambda: handle.read(self.chunk_bytes), b"")
+        except _ARCHIVE_ERRORS as exc:
+            raise CorpusError(
+                f"cannot read M2D2 archive {self.path}: corrupted or truncated ({exc})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        digest = hashlib.sha256()
+        counts = _DecodeCounts()
+        n_lines = n_blank = 0
+        remainder = b""
+        for chunk in self._chunks():
+            digest.update(chunk)
+            data = remainder + chunk if remainder else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                remainder = data
+                continue
+            remainder = data[cut + 1 :]
+            for line in _decode_lines(data[:cut], counts):
+                n_lines += 1
+                if not line.strip():
+                    n_blank += 1
+                yield line
+        if remainder:  # a last line without a final newline
+            for line in _decode_lines(remainder, counts):
+                n_lines += 1
+                if not line.strip():
+                    n_blank += 1
+                yield line
+        self._finish(digest.hexdigest(), n_lines, n_blank, counts)
+
+    def _finish(self, sha256: str, n_lines: int, n_blank: int, counts: _DecodeCounts) -> None:
+        if n_lines and counts.invalid_lines / n_lines > self.max_invalid_fraction:
+            raise CorpusError(
+                f"{self.source}: not UTF-8 text: {counts.invalid_lines} of {n_lines} lines contain invalid "
+                f"UTF-8 bytes (more than the allowed fraction {self.max_invalid_fraction}; see "
+                "m2d2.max_invalid_line_fraction)"
+            )
+        if n_lines == n_blank:
+            raise CorpusError(f"M2D2 split is empty (no non-blank line): {self.source}")
+        self.sha256, self.n_lines, self.n_blank_lines = sha256, n_lines, n_blank
+        self.n_invalid_lines, self.n_replaced_bytes = counts.invalid_lines, counts.replaced_bytes
+        self.warnings = []
+        if counts.invalid_lines:
+            message = (
+                f"{self.source}: {counts.invalid_lines} of {n_lines} lines had invalid UTF-8; "
+                f"{counts.replaced_bytes} bytes were replaced with U+FFFD"
+            )
+            log.warning(message)
+            self.warnings.append(message)
+
+
 def read_split(
     root: str | Path, domain: str, split: str, max_invalid_fraction: float = 0.01
 ) -> SplitText:
-    """Read one split of one domain, from a directory or directly from its archive."""
-    if split not in SPLITS:
-        raise CorpusError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    location = locate_domain(root, domain)
-    if location.kind == "directory":
-        path = location.path / f"{split}.txt"
-        if not path.is_file():
-            raise CorpusError(f"M2D2 split file not found: {path}")
-        data = path.read_bytes()
-        source = str(path)
-    else:
-        source, data = _read_archive_split(location.path, domain, split)
+    """Read one split of one domain, from a directory or directly from its archive, into memory.
 
-    lines, n_invalid, n_bytes = _decode(data, source, max_invalid_fraction)
-    n_blank = sum(1 for line in lines if not line.strip())
-    if len(lines) == n_blank:
-        raise CorpusError(f"M2D2 split is empty (no non-blank line): {source}")
-    result = SplitText(
+    For small splits and tests; the pipeline's stages stream with ``SplitStream``.
+    """
+    stream = SplitStream(root, domain, split, max_invalid_fraction)
+    lines = list(stream)
+    return SplitText(
         domain=domain,
         split=split,
-        source=source,
+        source=stream.source,
         lines=lines,
-        sha256=hashlib.sha256(data).hexdigest(),
-        n_blank_lines=n_blank,
-        n_invalid_lines=n_invalid,
-        n_replaced_bytes=n_bytes,
+        sha256=stream.sha256,
+        n_blank_lines=stream.n_blank_lines,
+        n_invalid_lines=stream.n_invalid_lines,
+        n_replaced_bytes=stream.n_replaced_bytes,
+        warnings=stream.warnings,
     )
-    if n_invalid:
-        message = (
-            f"{source}: {n_invalid} of {len(lines)} lines had invalid UTF-8; "
-            f"{n_bytes} bytes were replaced with U+FFFD"
-        )
-        log.warning(message)
-        result.warnings.append(message)
-    return result
 
 
-def _read_archive_split(archive: Path, domain: str, split: str) -> tuple[str, bytes]:
+def text_bytes(root: str | Path, domain: str, splits=SPLITS) -> int:
+    """About how many bytes of text ``splits`` of a domain hold, without reading them (0 when the
+    domain is not there yet): file sizes, or a whole archive's uncompressed size (gzip's trailer;
+    4x the compressed size for other compressions). For resources planned before a job runs."""
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            member = _archive_member(tar, archive, domain, split)
-            handle = tar.extractfile(member)
-            data = handle.read() if handle is not None else b""
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise CorpusError(f"cannot read M2D2 archive {archive}: corrupted or truncated ({exc})") from None
-    return f"{archive}:{member.name}", data
+        location = locate_domain(root, domain)
+    except CorpusError:
+        return 0
+    if location.kind == "directory":
+        return sum(p.stat().st_size for p in location.input_files(splits) if p.is_file())
+    return archive_text_bytes(location.path)
 
 
-def documents(lines: list[str], policy: str) -> list[str]:
-    """Turn a split's lines into texts.
+def archive_text_bytes(path: str | Path) -> int:
+    """The uncompressed size of a ``.tar.gz`` from gzip's ISIZE trailer (the size modulo 2^32,
+    completed on the assumption that the text is at least as large as the archive); a plain ``.tar``
+    is its own size; other archives 4x their size."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.name.endswith(".tar"):
+        return size
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b" or size < 18:
+            return 4 * size
+        handle.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(handle.read(4), "little")
+    while isize < size:
+        isize += 1 << 32
+    return isize
+
+
+def iter_documents(lines: Iterable[str], policy: str) -> Iterator[str]:
+    """Turn a split's lines into texts, one at a time.
 
     ``line``: every non-blank line is a text (a paragraph in the release).
     ``paragraph``: each run of non-blank lines between blank lines is a text, joined with ``\\n``.
     Lines are returned exactly as released (no stripping).
     """
     if policy == "line":
-        return [line for line in lines if line.strip()]
+        yield from (line for line in lines if line.strip())
+        return
     if policy == "paragraph":
-        docs, current = [], []
+        current: list[str] = []
         for line in lines:
             if line.strip():
                 current.append(line)
             elif current:
-                docs.append("\n".join(current))
+                yield "\n".join(current)
                 current = []
         if current:
-            docs.append("\n".join(current))
-        return docs
+            yield "\n".join(current)
+        return
     raise CorpusError(f"unknown document policy {policy!r}; expected one of {DOCUMENT_POLICIES}")
+
+
+def documents(lines: list[str], policy: str) -> list[str]:
+    """``iter_documents`` as a list."""
+    if policy not in DOCUMENT_POLICIES:
+        raise CorpusError(f"unknown document policy {policy!r}; expected one of {DOCUMENT_POLICIES}")
+    return list(iter_documents(lines, policy))
 
 
 def lm_texts(lines: list[str], policy: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Source corpora are sampled uniformly in one pass with reservoir sampling (Algorithm R), so a corpus
 of any length (a hub stream included) is read once and only the sample is held in memory. Domains are
-small enough to index: every text of the chosen splits is listed and a fixed-size subset drawn.
+read twice, streaming: once to count their texts, once to keep the fixed-size subset drawn by index,
+so memory follows the sample (at most 50,000 texts), not the domain (up to several GB).
 The same config always gives the same sample; each item's seed derives from the config's one seed and
 its name, so adding a domain or corpus leaves the others unchanged.
 """
@@ -66,6 +67,23 @@ def _write_parquet(path: str | Path, columns: Mapping[str, Sequence], metadata: 
         pq.write_table(table, tmp, compression="zstd")
 
 
+def _take(streams: Sequence[m2d2.SplitStream], policy: str, chosen: Sequence[int]) -> list[tuple[str, int, str]]:
+    """``(split, index in split, text)`` of the texts at the sorted global positions ``chosen``,
+    reading each split again; a split whose bytes changed since the count is an error."""
+    sample, wanted, position = [], iter(chosen), 0
+    target = next(wanted, None)
+    for stream in streams:
+        first_pass = stream.sha256
+        for index, text in enumerate(m2d2.iter_documents(stream, policy)):
+            if position == target:
+                sample.append((stream.split, index, text))
+                target = next(wanted, None)
+            position += 1
+        if stream.sha256 != first_pass:
+            raise CorpusError(f"{stream.source} changed while it was being sampled; run the job again")
+    return sample
+
+
 def sample_domain(
     *,
     root: str | Path,
@@ -87,30 +105,32 @@ def sample_domain(
     text in its split under ``document_policy``). Returns the provenance record.
     """
     location = m2d2.locate_domain(root, domain)
-    pool: list[tuple[str, int, str]] = []
+    # Pass 1 counts the texts of each split (and checks and hashes the files); pass 2 reads them
+    # again and keeps only the drawn ones: memory follows the sample, not the domain.
+    streams = [m2d2.SplitStream(root, domain, split, max_invalid_fraction) for split in splits]
+    counts = [sum(1 for _ in m2d2.iter_documents(stream, document_policy)) for stream in streams]
     files, warnings = [], []
-    for split in splits:
-        split_text = m2d2.read_split(root, domain, split, max_invalid_fraction)
-        texts = m2d2.documents(split_text.lines, document_policy)
-        pool.extend((split, i, text) for i, text in enumerate(texts))
+    for stream, n_texts in zip(streams, counts):
         files.append(
             {
-                "split": split,
-                "path": split_text.source,
-                "sha256": split_text.sha256,
-                "lines": len(split_text.lines),
-                "blank_lines": split_text.n_blank_lines,
-                "invalid_utf8_lines": split_text.n_invalid_lines,
-                "replaced_bytes": split_text.n_replaced_bytes,
-                "texts": len(texts),
+                "split": stream.split,
+                "path": stream.source,
+                "sha256": stream.sha256,
+                "lines": stream.n_lines,
+                "blank_lines": stream.n_blank_lines,
+                "invalid_utf8_lines": stream.n_invalid_lines,
+                "replaced_bytes": stream.n_replaced_bytes,
+                "texts": n_texts,
             }
         )
-        warnings.extend(split_text.warnings)
+        warnings.extend(stream.warnings)
+    n_pool = sum(counts)
 
-    n = domain_sample_size(len(pool), fraction, max_texts, min_texts)
+    n = domain_sample_size(n_pool, fraction, max_texts, min_texts)
     seed = derive_seed(base_seed, "domain", domain)
-    chosen = sorted(random.Random(seed).sample(range(len(pool)), n))
-    sample = [pool[i] for i in chosen]
+    # The same draw as indexing the whole pool (splits in order, texts in order) would give.
+    chosen = sorted(random.Random(seed).sample(range(n_pool), n))
+    sample = _take(streams, document_policy, chosen)
     record = {
         "kind": "domain",
         "name": domain,
@@ -123,7 +143,7 @@ def sample_domain(
             "document_policy": document_policy,
         },
         "files": files,
-        "n_available": len(pool),
+        "n_available": n_pool,
         "n_sampled": n,
         "rule": {
             "formula": "min(N, max_texts, max(ceil(fraction * N), min_texts))",
@@ -146,7 +166,7 @@ def sample_domain(
         {"kind": "domain", "name": domain, "document_policy": document_policy},
     )
     write_json(provenance, record)
-    log.info("domain %s: sampled %d of %d texts (%s)", domain, n, len(pool), location.kind)
+    log.info("domain %s: sampled %d of %d texts (%s)", domain, n, n_pool, location.kind)
     return record
 
 
@@ -190,6 +210,7 @@ def sample_source(
             "path": spec["path"],
             "text_field": spec.get("text_field", "text"),
             **({"txt_unit": spec.get("txt_unit", "file")} if spec["format"] == "txt" else {}),
+            **({"url_list": True} if spec.get("url_list") else {}),
         },
         **stats.as_dict(),
         "n_available": n_seen,
