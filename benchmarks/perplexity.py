@@ -47,7 +47,7 @@ def docs_loop(model, stream: np.ndarray, prefix: int, window: int, stride: int) 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="results/models/tiny-gpt2/hf")
-    parser.add_argument("--tokens-file", default="results/tokens/tiny-gpt2/keep/hep-ex.npz")
+    parser.add_argument("--tokens-file", default="results/tokens/tiny-gpt2/keep/hep-ex.bin")
     parser.add_argument("--tokens", type=int, default=60000)
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--stride", type=int, default=64)

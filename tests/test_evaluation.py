@@ -168,7 +168,7 @@ def evaluated(tmp_path_factory):
     texts = tiny_lm_texts(40, seed=3)
     split_text = "\n".join(texts[:20]) + "\n\n" + "\n".join(texts[20:]) + "\n"
     write_domain_dir(root / "m2d2", "dom", {"train": split_text, "valid": split_text, "test": split_text})
-    tokens, meta = root / "dom.npz", root / "dom.json"
+    tokens, meta = root / "dom.bin", root / "dom.json"
     tokenize_domain(model_name=str(model_dir), m2d2_root=str(root / "m2d2"), domain="dom", policy="keep",
                     output=tokens, metadata=meta)
     model = load_causal_lm(str(model_dir))
@@ -225,7 +225,7 @@ def test_chunk_nll_matches_scoring_the_chunk_alone(evaluated):
 
     root, _, _, _ = evaluated
     model = load_causal_lm(str(root / "model")).eval()
-    stream = load_split(root / "dom.npz", "train")
+    stream = load_split(root / "dom.bin", "train")
     with np.load(root / "zero_shot.npz") as zero:
         begin, nll = int(zero["train_starts"][0]), zero["train_nll"][0]
     chunk = torch.as_tensor(stream[begin : begin + 32], dtype=torch.long)[None]

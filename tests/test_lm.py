@@ -130,7 +130,7 @@ def domain_tokens(tiny_model, tmp_path_factory):
     texts = tiny_lm_texts(80, seed=1)
     write_domain_dir(root, "hep-ex", {"train": "\n".join(texts[:60]), "valid": "\n".join(texts[60:70]),
                                       "test": "\n".join(texts[70:])})
-    out = root / "tokens.npz"
+    out = root / "tokens.bin"
     data.tokenize_domain(model_name=str(tiny_model), m2d2_root=str(root), domain="hep-ex", policy="line",
                          output=out, metadata=root / "tokens.json")
     return out
@@ -172,7 +172,7 @@ def test_adapt_writes_outputs_and_a_delta_that_reproduces_the_model(tiny_model, 
 
 def test_domain_smaller_than_one_block_is_named(tiny_model, tmp_path):
     write_domain_dir(tmp_path / "m2d2", "hep-ex", {"train": "Short.", "valid": "v", "test": "t"})
-    tokens = tmp_path / "t.npz"
+    tokens = tmp_path / "t.bin"
     data.tokenize_domain(model_name=str(tiny_model), m2d2_root=str(tmp_path / "m2d2"), domain="hep-ex",
                          policy="line", output=tokens, metadata=tmp_path / "t.json")
     with pytest.raises(PipelineError, match="fewer than one block of models.tiny.context_length = 16"):

@@ -80,7 +80,21 @@ def test_batch_size_does_not_change_the_result(model_and_stream):
 
 def test_token_word_and_byte_perplexity_share_one_total():
     nll = np.full(10, math.log(4.0))
-    result = perplexities(nll, words=5, n_bytes=40)
+    result = perplexities(nll.sum(), len(nll), words=5, n_bytes=40)
     assert result["token_perplexity"] == pytest.approx(4.0)
     assert result["word_perplexity"] == pytest.approx(16.0)  # 10 tokens' NLL over 5 words
     assert result["bits_per_byte"] == pytest.approx(10 * 2 / 40)
+
+
+def test_a_memory_mapped_uint16_stream_scores_as_the_array_and_the_total_needs_no_array(model_and_stream, tmp_path):
+    from analysis.lm.perplexity import total_nll
+
+    model, stream, eos = model_and_stream
+    mapped = np.memmap(tmp_path / "s.bin", dtype=np.uint16, mode="w+", shape=stream.shape)
+    mapped[:] = stream
+    mapped.flush()
+    mapped = np.memmap(tmp_path / "s.bin", dtype=np.uint16, mode="r", shape=stream.shape)
+    reference = token_nll(model, stream, eos, window=16, stride=6, batch_size=4)
+    np.testing.assert_array_equal(token_nll(model, mapped, eos, window=16, stride=6, batch_size=4), reference)
+    total, count = total_nll(model, mapped, eos, window=16, stride=6, batch_size=4)
+    assert count == len(stream) and total == pytest.approx(reference.sum(), rel=1e-12)

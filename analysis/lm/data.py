@@ -8,13 +8,13 @@ length; the tail shorter than a block is dropped and counted. One epoch visits e
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from analysis.errors import PipelineError
-from analysis.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +47,66 @@ def epoch_order(n_blocks: int, seed: int) -> np.ndarray:
 
 def tokenize_domain(
     *, model_name: str, m2d2_root: str, domain: str, policy: str, output: str | Path, metadata: str | Path,
-    max_invalid_fraction: float = 0.01,
+    max_invalid_fraction: float = 0.01, threads: int | None = None, piece_chars: int = 1 << 18,
+    batch_chars: int = 1 << 22,
 ) -> dict:
-    """Write ``output`` (npz: ``<split>`` token streams and ``<split>_starts``) for train/valid/test."""
+    """Tokenise a domain's train, valid and test splits under a join policy into token files.
+
+    ``output`` is ``<stem>.bin`` (``analysis.lm.tokens``: the streams, their document offsets in
+    ``<stem>.idx``, and ``metadata``, ``<stem>.json``). The splits are streamed from the release in
+    pieces of about ``piece_chars`` characters (``analysis.lm.tokenize``: the stream equals tokenising
+    each text whole) and encoded in batches of about ``batch_chars`` characters on ``threads`` threads,
+    so memory does not grow with the domain.
+    """
+    import os
+
+    if threads:  # the tokenizers library sizes its (Rayon) thread pool once, on first use
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     from analysis.corpora import m2d2
     from analysis.lm.models import load_tokenizer
+    from analysis.lm.tokenize import PieceEncoder, lm_lines, pieces, tokenize_stream
+    from analysis.lm.tokens import TokenWriter, stem_of, token_dtype
 
+    stem = stem_of(output)
+    if Path(metadata) != stem.with_name(stem.name + ".json"):
+        raise PipelineError(f"token metadata {metadata} must sit beside {output} as <stem>.json")
     tokenizer = load_tokenizer(model_name)
-    arrays, record = {}, {"model": model_name, "domain": domain, "join_policy": policy,
-                          "eos_after_each_text": m2d2.ends_with_eos(policy),
-                          "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                          "splits": {}}
-    for split in m2d2.SPLITS:
-        text = m2d2.read_split(m2d2_root, domain, split, max_invalid_fraction)
-        docs = m2d2.lm_texts(text.lines, policy)
-        stream, starts = tokenize_documents(tokenizer, docs, eos=m2d2.ends_with_eos(policy))
-        arrays[split], arrays[f"{split}_starts"] = stream, starts
-        record["splits"][split] = {"source": text.source, "sha256": text.sha256, "documents": len(docs),
-                                   "tokens": int(len(stream)), "characters": sum(len(d) for d in docs),
-                                   # Whitespace-separated words of the raw text (word perplexity).
-                                   "words": sum(len(d.split()) for d in docs),
-                                   "bytes": sum(len(d.encode("utf-8")) for d in docs)}
-        log.info("%s %s: %d documents, %d tokens", domain, split, len(docs), len(stream))
-    with atomic_path(output) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    write_json(metadata, record)
+    encoder = PieceEncoder(tokenizer)
+    if encoder.rule.family is None:
+        log.warning("%s: texts are tokenised whole, never cut (%s); a long text needs memory in proportion",
+                    model_name, encoder.rule.reason)
+    eos = m2d2.ends_with_eos(policy)
+    record = {"model": model_name, "domain": domain, "join_policy": policy, "eos_after_each_text": eos,
+              "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id, "splits": {}}
+    started = time.perf_counter()
+    with TokenWriter(stem, token_dtype(len(tokenizer))) as writer:
+        for split in m2d2.SPLITS:
+            stream = m2d2.SplitStream(m2d2_root, domain, split, max_invalid_fraction)
+            writer.begin_split(split)
+            counts = tokenize_stream(pieces(lm_lines(stream, policy), encoder, piece_chars), encoder, writer,
+                                     eos_id=tokenizer.eos_token_id if eos else None, batch_chars=batch_chars,
+                                     progress=f"{domain} {split}: ")
+            writer.end_split()
+            record["splits"][split] = {"source": stream.source, "sha256": stream.sha256,
+                                       "documents": counts.documents, "tokens": counts.tokens,
+                                       "characters": counts.characters,
+                                       # Whitespace-separated words of the raw text (word perplexity).
+                                       "words": counts.words, "bytes": counts.bytes}
+            log.info("%s %s: %d documents, %d tokens", domain, split, counts.documents, counts.tokens)
+        seconds = time.perf_counter() - started
+        total_bytes = sum(s["bytes"] for s in record["splits"].values())
+        record["tokenization"] = {
+            "cut_rule": encoder.rule.family or "none (texts tokenised whole)", "reason": encoder.rule.reason,
+            "cuts": encoder.cuts, "rejected_cuts": encoder.rejected_cuts, "piece_chars": piece_chars,
+            "batch_chars": batch_chars, "threads": threads, "seconds": round(seconds, 3),
+            "megabytes_per_second": round(total_bytes / 1e6 / seconds, 3) if seconds else None,
+        }
+        record = writer.commit(record)
     return record
 
 
 def load_split(path: str | Path, split: str) -> np.ndarray:
-    with np.load(path) as data:
-        if split not in data:
-            raise PipelineError(f"{path}: no split {split!r} (has {', '.join(data.files)})")
-        return data[split]
+    """One split's token stream, memory-mapped, from any file of a domain's token set."""
+    from analysis.lm.tokens import TokenStreams
+
+    return TokenStreams(path).split(split)

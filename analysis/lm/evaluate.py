@@ -96,7 +96,7 @@ def evaluate(
     import torch
 
     from analysis.lm.data import load_split
-    from analysis.lm.perplexity import perplexities, token_nll
+    from analysis.lm.perplexity import perplexities, token_nll, total_nll
     from analysis.lm.train import resolve_precision
 
     start = time.perf_counter()
@@ -113,11 +113,11 @@ def evaluate(
     scoring = dict(window=window, stride=stride, batch_size=evaluation["batch_size"], device=device)
 
     split = evaluation["split"]
-    stream = load_split(tokens, split)
+    stream = load_split(tokens, split)  # memory-mapped: windows are read as they are scored
     if len(stream) == 0:
         raise PipelineError(f"{tokens}: split {split!r} of {domain!r} has no tokens to evaluate")
     scored_at = time.perf_counter()
-    nll = token_nll(model, stream, prefix_id, **scoring)
+    nll_sum, scored = total_nll(model, stream, prefix_id, **scoring)
     split_seconds = time.perf_counter() - scored_at
     counts = meta["splits"][split]
     result = {
@@ -125,12 +125,12 @@ def evaluate(
         "model_path": model_spec["name_or_path"], "weights": None if weights is None else str(weights),
         "split": split, "eval_policy": meta["join_policy"], "window": window, "stride": stride,
         "prefix": prefix, "prefix_token_id": int(prefix_id), "precision": precision, "device": device.type,
-        **perplexities(nll, counts["words"], counts["bytes"]),
-        "mean_nll": float(nll.mean()),
-        "tokens_per_second": len(nll) / split_seconds,
+        **perplexities(nll_sum, scored, counts["words"], counts["bytes"]),
+        "mean_nll": nll_sum / scored,
+        "tokens_per_second": scored / split_seconds,
     }
     log.info("%s / %s / %s: %s perplexity %.4f over %d tokens (%.0f tokens/s)", model_key, stage, domain, split,
-             result["token_perplexity"], len(nll), result["tokens_per_second"])
+             result["token_perplexity"], scored, result["tokens_per_second"])
 
     level = evaluation["token_level"]
     arrays, chunks = {}, {}
@@ -141,7 +141,7 @@ def evaluate(
         ids = np.zeros((len(starts), max(size - 1, 0)), dtype=np.int32)
         values = np.zeros(ids.shape, dtype=np.float32)
         for row, begin in enumerate(starts):
-            chunk = stream[begin : begin + size]
+            chunk = np.asarray(stream[begin : begin + size], dtype=np.int64)
             ids[row] = chunk[1:]
             values[row] = token_nll(model, chunk[1:], int(chunk[0]), **scoring)
         arrays[f"{name}_starts"], arrays[f"{name}_ids"], arrays[f"{name}_nll"] = starts, ids, values

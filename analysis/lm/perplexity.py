@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -48,13 +49,21 @@ def windows(length: int, window: int, stride: int) -> list[Window]:
     return result
 
 
+def _window_ids(stream: np.ndarray, prefix_id: int, begin: int, end: int) -> np.ndarray:
+    """Positions ``begin .. end - 1`` of the prefixed sequence ``[prefix_id, *stream]`` as int64, read
+    from ``stream`` (a memory map: only the window is read)."""
+    if begin == 0:
+        return np.concatenate([[prefix_id], np.asarray(stream[: end - 1], dtype=np.int64)])
+    return np.asarray(stream[begin - 1 : end - 1], dtype=np.int64)
+
+
 @torch.inference_mode()
-def token_nll(model, stream: np.ndarray, prefix_id: int, *, window: int, stride: int, batch_size: int = 8,
-              device: str | torch.device = "cpu") -> np.ndarray:
-    """Negative log-likelihood (nats, float64) of every token of ``stream``, in stream order."""
-    sequence = torch.as_tensor(np.concatenate([[prefix_id], stream]), dtype=torch.long)
-    nll = np.empty(len(stream), dtype=np.float64)
-    planned = windows(len(sequence), window, stride)
+def window_nll(model, stream: np.ndarray, prefix_id: int, *, window: int, stride: int, batch_size: int = 8,
+               device: str | torch.device = "cpu") -> Iterator[tuple[int, np.ndarray]]:
+    """``(offset, nll)`` for batches of windows: the NLL (nats, float64) of the stream's tokens
+    ``offset .. offset + len(nll) - 1``. Every token is scored once; windows are read from ``stream``
+    as they are scored, so a memory-mapped stream is never loaded whole."""
+    planned = windows(len(stream) + 1, window, stride)
     by_length: dict[int, list[Window]] = {}
     for w in planned:
         by_length.setdefault(w.end - w.begin, []).append(w)
@@ -62,29 +71,50 @@ def token_nll(model, stream: np.ndarray, prefix_id: int, *, window: int, stride:
     for length, group in by_length.items():
         for start in range(0, len(group), batch_size):
             batch = group[start : start + batch_size]
-            inputs = torch.stack([sequence[w.begin : w.end] for w in batch]).to(device)
+            inputs = torch.as_tensor(np.stack([_window_ids(stream, prefix_id, w.begin, w.end) for w in batch]),
+                                     device=device)
             # Positions that predict a scored target: first_target - 1 .. end - 2 within the window.
             keep = max(w.end - w.first_target for w in batch)
             logits = model(input_ids=inputs, logits_to_keep=keep + 1).logits[:, :-1].float()
             log_probs = torch.log_softmax(logits, dim=-1)  # (batch, keep, vocab): predictions of the last keep
             for row, w in enumerate(batch):
                 n = w.end - w.first_target
-                targets = sequence[w.first_target : w.end].to(device)
+                targets = inputs[row, w.first_target - w.begin :]
                 picked = log_probs[row, keep - n :].gather(-1, targets[:, None])[:, 0]
-                nll[w.first_target - 1 : w.end - 1] = -picked.double().cpu().numpy()
+                yield w.first_target - 1, -picked.double().cpu().numpy()
+
+
+def token_nll(model, stream: np.ndarray, prefix_id: int, *, window: int, stride: int, batch_size: int = 8,
+              device: str | torch.device = "cpu") -> np.ndarray:
+    """Negative log-likelihood (nats, float64) of every token of ``stream``, in stream order."""
+    nll = np.empty(len(stream), dtype=np.float64)
+    for offset, values in window_nll(model, stream, prefix_id, window=window, stride=stride,
+                                     batch_size=batch_size, device=device):
+        nll[offset : offset + len(values)] = values
     return nll
 
 
-def perplexities(nll: np.ndarray, words: int, n_bytes: int) -> dict:
+def total_nll(model, stream: np.ndarray, prefix_id: int, *, window: int, stride: int, batch_size: int = 8,
+              device: str | torch.device = "cpu") -> tuple[float, int]:
+    """The summed NLL (nats) of every token of ``stream`` and their count, in memory that does not
+    grow with the stream (``token_nll`` keeps 8 bytes per token)."""
+    total, count = 0.0, 0
+    for _, values in window_nll(model, stream, prefix_id, window=window, stride=stride, batch_size=batch_size,
+                                device=device):
+        total += float(values.sum())
+        count += len(values)
+    return total, count
+
+
+def perplexities(nll_sum: float, tokens: int, words: int, n_bytes: int) -> dict:
     """Token, word and byte perplexity of the same total NLL (word and byte counts of the raw text)."""
-    total = float(nll.sum())
     return {
-        "tokens": int(len(nll)),
+        "tokens": int(tokens),
         "words": int(words),
         "bytes": int(n_bytes),
-        "nll_sum": total,
-        "token_perplexity": math.exp(total / len(nll)),
-        "word_perplexity": math.exp(total / words),
-        "byte_perplexity": math.exp(total / n_bytes),
-        "bits_per_byte": total / n_bytes / math.log(2),
+        "nll_sum": float(nll_sum),
+        "token_perplexity": math.exp(nll_sum / tokens),
+        "word_perplexity": math.exp(nll_sum / words),
+        "byte_perplexity": math.exp(nll_sum / n_bytes),
+        "bits_per_byte": nll_sum / n_bytes / math.log(2),
     }

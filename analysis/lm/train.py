@@ -151,7 +151,7 @@ def mean_loss(model, blocks: np.ndarray, batch_size: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        batch = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
+        batch = torch.as_tensor(np.array(blocks[start : start + batch_size], dtype=np.int64), device=device)
         loss = model(input_ids=batch, labels=batch).loss
         total += float(loss) * len(batch)
         count += len(batch)

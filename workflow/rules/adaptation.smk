@@ -42,15 +42,23 @@ rule tokenize_domain:
             wildcards.domain, ["train", "valid", "test"]
         ),
     output:
-        tokens=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.npz",
-        metadata=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.json",
+        # Flat token streams, their document offsets, and what they hold (analysis/lm/tokens.py).
+        **token_files("{model}", "{policy}", "{domain}"),
     log:
         f"{LOGS}/tokenize_domain/{{model}}/{{policy}}/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize_domain/{{model}}/{{policy}}/{{domain}}.tsv"
     conda:
         "../../envs/adaptation.yaml"
+    threads: ADAPTATION["tokenize_threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wildcards, input, threads: resources_lib.tokenize_domain_mem_mb(
+            threads
+        ),
+        runtime=lambda wildcards, input, threads, attempt: attempt
+        * resources_lib.tokenize_domain_runtime(
+            domain_text_bytes(input.splits), threads
+        ),
     params:
         name_or_path=lambda wildcards: config["models"][wildcards.model]["name_or_path"],
         root=config["m2d2"]["root"],
@@ -61,8 +69,8 @@ rule tokenize_domain:
 
 rule adapt:
     input:
+        **token_files("{model}", "{policy}", "{domain}"),
         model=model_inputs,
-        tokens=f"{RESULTS}/tokens/{{model}}/{{policy}}/{{domain}}.npz",
     output:
         weights=directory(
             f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights"

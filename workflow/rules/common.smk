@@ -14,6 +14,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(_pythonpath))
 sys.path.insert(0, str(REPO_ROOT))
 
 from analysis import config as config_lib
+from analysis import resources as resources_lib
 from analysis.corpora import demo as demo_lib
 from analysis.corpora import m2d2 as m2d2_lib
 from analysis.corpora import sources as sources_lib
@@ -221,6 +222,16 @@ def edge_targets():
     ]
 
 
+def token_files(model, policy, domain):
+    """The token files of rule tokenize_domain (wildcards or values): streams, offsets, metadata."""
+    stem = f"{RESULTS}/tokens/{model}/{policy}/{domain}"
+    return {
+        "tokens": f"{stem}.bin",
+        "index": f"{stem}.idx",
+        "metadata": f"{stem}.json",
+    }
+
+
 def model_inputs(wildcards):
     """The model directory a job loads, when the pipeline builds it (pretrain_base)."""
     if wildcards.model in PRETRAINED:
@@ -241,7 +252,9 @@ def adapt_spec(wildcards, output, threads):
         "join_policy": wildcards.policy,
         "scheme_options": ADAPTATION["schemes"],
         "domain": wildcards.domain,
-        "tokens": f"{RESULTS}/tokens/{wildcards.model}/{wildcards.policy}/{wildcards.domain}.npz",
+        "tokens": token_files(wildcards.model, wildcards.policy, wildcards.domain)[
+            "tokens"
+        ],
         "output_dir": str(Path(output.metrics).parent),
         "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}",
         "adaptation": {
@@ -344,6 +357,19 @@ def domain_files(domain, splits):
         return [str(root / domain / f"{split}.txt") for split in splits]
 
 
+def domain_text_bytes(files):
+    """About how many bytes of text a domain's split files (or archive) hold (0 while missing)."""
+    return sum(
+        (
+            m2d2_lib.archive_text_bytes(f)
+            if f.endswith(m2d2_lib.ARCHIVE_SUFFIXES)
+            else os.path.getsize(f)
+        )
+        for f in files
+        if os.path.exists(f)
+    )
+
+
 def domain_inputs(wildcards):
     """The split files (or the archive) a domain sample reads."""
     return domain_files(wildcards.domain, config["sampling"]["domain_splits"])
@@ -369,17 +395,3 @@ def corpus_files(corpus):
         ]
     except PipelineError as exc:
         raise WorkflowError(f"corpora.{corpus}.path: {exc}") from None
-
-
-def sample_domain_mem_mb(wildcards, input):
-    """Peak memory of sample_domain: about 4.6x the split text plus the interpreter
-    (benchmarks/sampling.py); an archive's text is taken as 4x its compressed size."""
-    text_mb = (
-        sum(
-            os.path.getsize(f) * (4 if f.endswith(m2d2_lib.ARCHIVE_SUFFIXES) else 1)
-            for f in input
-            if os.path.exists(f)
-        )
-        / 1e6
-    )
-    return int(1000 + 5 * text_mb)

@@ -58,8 +58,15 @@ rule sample_domain:
     conda:
         "../../envs/corpora.yaml"
     resources:
-        mem_mb=sample_domain_mem_mb,
-        runtime=60,
+        # Memory follows the sample (two streamed passes), runtime the domain's text.
+        mem_mb=lambda wildcards, input: resources_lib.sample_domain_mem_mb(
+            domain_text_bytes(input),
+            config["sampling"]["domain_fraction"],
+            config["sampling"]["domain_max_texts"],
+            config["sampling"]["domain_min_texts"],
+        ),
+        runtime=lambda wildcards, input, attempt: attempt
+        * resources_lib.sample_domain_runtime(domain_text_bytes(input)),
     params:
         root=config["m2d2"]["root"],
         splits=config["sampling"]["domain_splits"],

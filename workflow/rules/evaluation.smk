@@ -4,9 +4,8 @@
 
 rule zero_shot:
     input:
+        **token_files("{model}", EVAL_POLICY, "{domain}"),
         model=model_inputs,
-        tokens=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.npz",
-        metadata=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.json",
     output:
         json=f"{RESULTS}/eval/{{model}}/zero_shot/{{domain}}.json",
         npz=f"{RESULTS}/eval/{{model}}/zero_shot/{{domain}}.npz",
@@ -29,9 +28,8 @@ rule zero_shot:
 
 rule evaluate:
     input:
+        **token_files("{model}", EVAL_POLICY, "{domain}"),
         model=model_inputs,
-        tokens=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.npz",
-        metadata=f"{RESULTS}/tokens/{{model}}/{EVAL_POLICY}/{{domain}}.json",
         weights=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights",
         adapted=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json",
     output:

@@ -1,4 +1,4 @@
-"""Rule tokenize_domain: token streams of a domain's train, valid and test splits for one model."""
+"""Rule tokenize_domain: token files of a domain's train, valid and test splits for one model."""
 
 from analysis.lm.data import tokenize_domain
 from analysis.runner import rule_log
@@ -12,4 +12,5 @@ with rule_log(snakemake.log[0]):
         output=snakemake.output.tokens,
         metadata=snakemake.output.metadata,
         max_invalid_fraction=snakemake.params.max_invalid_fraction,
+        threads=snakemake.threads,
     )

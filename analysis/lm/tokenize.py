@@ -1,0 +1,268 @@
+"""Tokenising M2D2 splits in bounded memory, with the stream of tokenising each text whole.
+
+Under the ``keep`` join policy a split is one text (its lines joined with ``\\n``): a GB of text for
+the largest domains, far too much to hand to a tokenizer at once (about 200x the text in memory).
+So texts are cut into pieces of about ``piece_chars`` characters, pieces are tokenised in batches on
+the tokenizer's threads, and the ids are streamed to the token file. Cutting anywhere would change
+the stream: for GPT-2's byte-level BPE a piece ending in ``"\\n\\n"`` becomes one token where the whole
+text has two, and SentencePiece-style tokenizers prepend a space to every call.
+
+**The cut rule.** A text is cut only at a newline between two non-whitespace characters,
+``...X\\n|Y...``, where the line before does not end with an added token (such as ``</s>``); the
+left piece is tokenised as it is, the right piece as ``PRIMER + "\\n" + piece``, and the primer's
+tokens (checked) are dropped. Then ``tokens(text) == tokens(left) + tokens(right)``
+for two families of tokenizers, recognised from their ``tokenizer.json`` (``cut_rule``):
+
+* **byte-level** (GPT-2, GPT-NeoX / OLMo): a ``ByteLevel`` pre-tokenizer with the GPT-2 regex and no
+  prefix space, an optional Unicode normaliser (NFC ...), BPE. BPE never merges across pre-tokens, and
+  the regex splits ``X | \\n | Y`` the same way with or without the text around them: no alternative
+  extends from a non-space across a newline, a single newline before a non-space is its own
+  pre-token, and the regex has no look-behind, so matching from ``Y`` on is the same in the piece as
+  in the text. The primer ``a\\n`` is split off the same way. A newline is a starter that composes
+  with nothing, so Unicode normalisation does not act across it.
+* **newline barrier** (LLaMA): no pre-tokenizer (or a ``Metaspace`` one), a ``Prepend("▁")`` +
+  ``Replace(" ", "▁")`` normaliser, BPE with byte fallback, and no vocabulary entry holding a newline
+  beside anything else: no merge can join a newline to a neighbour, so BPE acts on the text between
+  newlines independently. The ``"▁"`` the normaliser prepends to each call lands on the primer,
+  whose tokens are dropped, not on the piece. (Added tokens are split off before the normaliser runs,
+  which then prepends its ``"▁"`` to each stretch of text between them: hence no cut right after one.)
+
+Any other tokenizer is never cut (each text is tokenised whole, as before, with a warning), and each
+cut is also checked on the two lines around it before it is used (a cut whose check fails is
+skipped). ``tests/test_tokenize.py`` compares the stream with whole-text tokenisation for tokenizers
+built like GPT-2's, LLaMA's and OLMo's on text full of blank-line runs, leading spaces, long lines and
+non-ASCII.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+PRIMER = "a"
+_UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
+
+
+@dataclass(frozen=True)
+class CutRule:
+    """Which family a tokenizer belongs to (``None``: never cut) and why."""
+
+    family: str | None
+    reason: str
+
+
+def _normalizers_within(spec: dict | None, allowed: set[str]) -> bool:
+    if spec is None:
+        return True
+    if spec["type"] == "Sequence":
+        return all(_normalizers_within(s, allowed) for s in spec["normalizers"])
+    if spec["type"] == "Replace":
+        return "Replace" in allowed and spec["pattern"] == {"String": " "} and spec["content"] == "▁"
+    if spec["type"] == "Prepend":
+        return "Prepend" in allowed and spec["prepend"] == "▁"
+    return spec["type"] in allowed
+
+
+def cut_rule(tokenizer) -> CutRule:
+    """The family of a Hugging Face tokenizer for the cut rule (see the module docstring)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return CutRule(None, "not a fast tokenizer (no tokenizer.json to inspect)")
+    spec = json.loads(backend.to_str())
+    model, pre, normalizer = spec["model"], spec.get("pre_tokenizer"), spec.get("normalizer")
+    if model.get("type") != "BPE" or model.get("dropout"):
+        return CutRule(None, f"model {model.get('type')} (not a deterministic BPE)")
+    added = [t["content"] for t in spec.get("added_tokens", []) if "\n" in t["content"]]
+    if added:
+        return CutRule(None, f"added tokens hold a newline ({added[0]!r})")
+    if pre is not None and pre["type"] == "Sequence" and len(pre["pretokenizers"]) == 1:
+        pre = pre["pretokenizers"][0]
+    if pre is not None and pre["type"] == "ByteLevel":
+        if not pre.get("use_regex", True) or pre.get("add_prefix_space"):
+            return CutRule(None, "ByteLevel pre-tokenizer without the GPT-2 regex or with a prefix space")
+        if not _normalizers_within(normalizer, _UNICODE_FORMS):
+            return CutRule(None, f"normaliser {normalizer['type']} next to a ByteLevel pre-tokenizer")
+        return CutRule("byte-level", "ByteLevel pre-tokenizer (GPT-2 regex, no prefix space), BPE")
+    if pre is None or (pre["type"] == "Metaspace" and pre.get("replacement", "▁") == "▁"):
+        if not _normalizers_within(normalizer, _UNICODE_FORMS | {"Prepend", "Replace"}):
+            return CutRule(None, f"normaliser {normalizer['type']} before a BPE without pre-tokenizer")
+        joined = [t for t in model["vocab"] if "\n" in t and t != "\n"]
+        if joined:
+            return CutRule(None, f"the vocabulary joins a newline to other characters ({joined[0]!r})")
+        return CutRule("newline-barrier", "BPE without pre-tokenizer whose vocabulary never joins a newline")
+    return CutRule(None, f"pre-tokenizer {pre['type']}")
+
+
+class PieceEncoder:
+    """Encodes texts and pieces of texts with a Hugging Face tokenizer (no special tokens added)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.rule = cut_rule(tokenizer)
+        # Added tokens are split off before normalisation, and each stretch of text between them is
+        # normalised on its own: after a line ending in one, a Prepend normaliser would prepend "▁"
+        # to the text after the newline. No cut follows such a line.
+        self.added = tuple(t.content for t in self.backend.get_added_tokens_decoder().values()) \
+            if self.backend is not None else ()
+        self.primer_ids = self.encode([PRIMER])[0]
+        self.cuts = 0
+        self.rejected_cuts = 0
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, on the tokenizer's threads (ids only: no offsets are computed)."""
+        if not texts:
+            return []
+        if self.backend is not None:
+            return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+
+    def encode_pieces(self, pieces: Sequence[str], continued: Sequence[bool]) -> list[list[int]]:
+        """Token ids of pieces; a ``continued`` piece follows a cut, so it is encoded after the primer
+        and a newline (the newline the cut falls on), and the primer's ids are removed."""
+        texts = [f"{PRIMER}\n{piece}" if cont else piece for piece, cont in zip(pieces, continued)]
+        encoded = self.encode(texts)
+        k = len(self.primer_ids)
+        for i, cont in enumerate(continued):
+            if cont:
+                if encoded[i][:k] != self.primer_ids:
+                    raise RuntimeError(f"the primer {PRIMER!r} was not split off a piece (a bug in the cut rule)")
+                encoded[i] = encoded[i][k:]
+        return encoded
+
+    def rule_allows(self, before: str, after: str) -> bool:
+        """Whether the cut rule allows a cut at the newline between lines ``before`` and ``after``."""
+        if self.rule.family is None or not before or not after or before[-1].isspace() or after[0].isspace():
+            return False
+        return not (self.added and before.endswith(self.added))
+
+    def can_cut(self, before: str, after: str) -> bool:
+        """``rule_allows``, and the two lines around the cut tokenise the same whole and cut."""
+        if not self.rule_allows(before, after):
+            return False
+        whole = self.encode([f"{before}\n{after}"])[0]
+        left, right = self.encode_pieces([before, after], [False, True])
+        if whole != left + right:
+            self.rejected_cuts += 1
+            return False
+        self.cuts += 1
+        return True
+
+
+@dataclass
+class Piece:
+    """A piece of one text; its text, whether it begins a text, ends one, continues after a cut."""
+
+    text: str
+    begins: bool
+    ends: bool
+    continued: bool
+
+
+def lm_lines(lines: Iterable[str], policy: str) -> Iterator[tuple[str, bool]]:
+    """``(line, begins_text)`` of the texts a join policy makes of a split's lines (``m2d2.lm_texts``,
+    one line at a time): a text is its lines joined with ``\\n``."""
+    from analysis.corpora import m2d2
+
+    if policy == "keep":
+        first = True
+        for line in lines:
+            yield line, first
+            first = False
+    elif policy == "paragraph":
+        previous_blank = True
+        for line in lines:
+            if line.strip():
+                yield line, previous_blank
+                previous_blank = False
+            else:
+                previous_blank = True
+    elif policy == "line":
+        yield from ((line, True) for line in lines if line.strip())
+    elif policy == "strip":
+        yield from ((line.strip(), True) for line in lines if line.strip())
+    else:
+        raise m2d2.CorpusError(f"unknown join policy {policy!r}; expected one of {m2d2.JOIN_POLICIES}")
+
+
+def pieces(lines: Iterable[tuple[str, bool]], encoder: PieceEncoder, piece_chars: int) -> Iterator[Piece]:
+    """The texts of ``lm_lines`` as pieces of at least ``piece_chars`` characters where the cut rule
+    allows a cut, else as whole texts."""
+    current: list[str] = []
+    chars, continued = 0, False
+    for line, begins in lines:
+        if current and begins:
+            yield Piece("\n".join(current), not continued, True, continued)
+            current, chars, continued = [], 0, False
+        elif current and chars >= piece_chars and encoder.can_cut(current[-1], line):
+            yield Piece("\n".join(current), not continued, False, continued)
+            current, chars, continued = [], 0, True
+        current.append(line)
+        chars += len(line) + 1
+    if current:
+        yield Piece("\n".join(current), not continued, True, continued)
+
+
+@dataclass
+class SplitCounts:
+    """What a split's texts hold: texts, tokens, and the raw text's characters, words and bytes."""
+
+    documents: int = 0
+    tokens: int = 0
+    characters: int = 0
+    words: int = 0
+    bytes: int = 0
+
+    def add(self, piece: Piece) -> None:
+        separator = 1 if piece.continued else 0  # the newline a cut falls on
+        self.documents += piece.begins
+        self.characters += len(piece.text) + separator
+        self.words += len(piece.text.split())
+        self.bytes += len(piece.text.encode("utf-8")) + separator
+
+
+def tokenize_stream(
+    texts: Iterable[Piece], encoder: PieceEncoder, writer, *, eos_id: int | None, batch_chars: int,
+    progress: str = "", log_every_s: float = 30.0,
+) -> SplitCounts:
+    """Encode pieces in batches of about ``batch_chars`` characters and append their ids (EOS after
+    each text when ``eos_id`` is set) to ``writer``'s current split. Returns the split's counts."""
+    counts = SplitCounts()
+    batch: list[Piece] = []
+    batch_size = 0
+    started = last_log = time.perf_counter()
+
+    def flush() -> None:
+        ids: list[int] = []
+        starts: list[int] = []
+        for piece, piece_ids in zip(batch, encoder.encode_pieces([p.text for p in batch],
+                                                                 [p.continued for p in batch])):
+            if piece.begins:
+                starts.append(len(ids))
+            ids.extend(piece_ids)
+            if piece.ends and eos_id is not None:
+                ids.append(eos_id)
+        writer.append(ids, starts)
+        counts.tokens += len(ids)
+
+    for piece in texts:
+        counts.add(piece)
+        batch.append(piece)
+        batch_size += len(piece.text)
+        if batch_size >= batch_chars:
+            flush()
+            batch, batch_size = [], 0
+            now = time.perf_counter()
+            if now - last_log >= log_every_s:
+                megabytes = counts.bytes / 1e6
+                log.info("%s%.1f MB, %d tokens, %.2f MB/s", progress, megabytes, counts.tokens,
+                         megabytes / (now - started))
+                last_log = now
+    if batch:
+        flush()
+    return counts

@@ -1,0 +1,175 @@
+"""Tokenisation in pieces: the stream equals whole-text tokenisation; the token file layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.corpora import m2d2
+from analysis.errors import CorpusError, PipelineError
+from analysis.lm import data
+from analysis.lm.tokenize import PieceEncoder, cut_rule
+from analysis.lm.tokens import TokenStreams, TokenWriter, token_dtype
+from tests.builders import (
+    awkward_lines,
+    gpt2_style_tokenizer,
+    llama_style_tokenizer,
+    olmo_style_tokenizer,
+    write_domain_dir,
+)
+
+FAMILIES = {
+    "gpt2": (gpt2_style_tokenizer, {}, "byte-level"),
+    "olmo": (olmo_style_tokenizer, {}, "byte-level"),
+    "llama": (llama_style_tokenizer, {}, "newline-barrier"),
+    # Merges across newlines: no cut is provably safe, so texts are tokenised whole.
+    "llama-newline-merges": (llama_style_tokenizer, {"newline_merges": True}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    """Each family's tokenizer saved and loaded again like a hub model (load_tokenizer)."""
+    from analysis.lm.models import load_tokenizer
+
+    texts = ["\n".join(awkward_lines(300, seed)) for seed in range(4)]
+    loaded = {}
+    for name, (build, options, _) in FAMILIES.items():
+        directory = tmp_path_factory.mktemp(name)
+        build(texts, **options).save_pretrained(directory)
+        loaded[name] = (directory, load_tokenizer(str(directory)))
+    return loaded
+
+
+def whole_text_stream(tokenizer, lines, policy):
+    """The stream of the pre-streaming implementation: each policy text tokenised whole."""
+    stream, starts = data.tokenize_documents(tokenizer, m2d2.lm_texts(lines, policy), eos=m2d2.ends_with_eos(policy))
+    return stream, starts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_cut_rule_recognises_each_family(tokenizers, family):
+    assert cut_rule(tokenizers[family][1]).family == FAMILIES[family][2]
+
+
+def test_an_unknown_tokenizer_is_never_cut():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    encoder = PieceEncoder(PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="[UNK]"))
+    assert encoder.rule.family is None and "WordLevel" in encoder.rule.reason
+    assert not encoder.can_cut("a.", "a")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("policy", m2d2.JOIN_POLICIES)
+@pytest.mark.parametrize("piece_chars", [1, 50, 1 << 20])
+def test_streamed_tokens_equal_whole_text_tokenisation(tokenizers, tmp_path, family, policy, piece_chars):
+    directory, tokenizer = tokenizers[family]
+    splits = {split: awkward_lines(120, seed) for seed, split in enumerate(m2d2.SPLITS, start=10)}
+    splits["test"][-1] += "no final newline"
+    write_domain_dir(tmp_path, "math.AG", {s: "\n".join(lines) + ("" if s == "test" else "\n")
+                                           for s, lines in splits.items()})
+    record = data.tokenize_domain(model_name=str(directory), m2d2_root=str(tmp_path), domain="math.AG",
+                                  policy=policy, output=tmp_path / "tok" / "math.AG.bin",
+                                  metadata=tmp_path / "tok" / "math.AG.json", piece_chars=piece_chars,
+                                  batch_chars=3 * piece_chars)
+    files = TokenStreams(tmp_path / "tok" / "math.AG.bin")
+    for split in m2d2.SPLITS:
+        lines = m2d2.read_split(tmp_path, "math.AG", split).lines
+        stream, starts = whole_text_stream(tokenizer, lines, policy)
+        assert np.array_equal(files.split(split), stream), (family, policy, split)
+        assert np.array_equal(files.starts(split), starts)
+        texts = m2d2.lm_texts(lines, policy)
+        counts = record["splits"][split]
+        assert counts["documents"] == len(texts) and counts["tokens"] == len(stream)
+        assert counts["characters"] == sum(len(t) for t in texts)
+        assert counts["words"] == sum(len(t.split()) for t in texts)
+        assert counts["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    cuts = record["tokenization"]["cuts"]
+    if piece_chars == 1 and policy in ("keep", "paragraph") and FAMILIES[family][2] is not None:
+        assert cuts > 20  # the rule really cut: the equality above is not the trivial one
+    if FAMILIES[family][2] is None:
+        assert cuts == 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "olmo", "llama"])
+def test_cuts_are_safe_on_many_random_texts(tokenizers, family):
+    """The property behind the rule, on many more texts than the file test: any cut the rule allows
+    splits the tokens of the text exactly."""
+    encoder = PieceEncoder(tokenizers[family][1])
+    checked = 0
+    for seed in range(100, 200):
+        lines = awkward_lines(40, seed)
+        text = "\n".join(lines)
+        for i in range(1, len(lines)):
+            if encoder.rule_allows(lines[i - 1], lines[i]):
+                left, right = "\n".join(lines[:i]), "\n".join(lines[i:])
+                got = sum(encoder.encode_pieces([left, right], [False, True]), [])
+                assert got == encoder.encode([text])[0], (seed, i)
+                checked += 1
+    assert checked > 500
+
+
+def test_token_ids_are_uint16_when_they_fit_and_uint32_otherwise(tmp_path):
+    assert token_dtype(50257) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32 and token_dtype(128256) == np.uint32
+    with TokenWriter(tmp_path / "d.AG", token_dtype(128256)) as writer:
+        writer.begin_split("train")
+        writer.append([0, 70000, 128255], [0])
+        writer.commit({})
+    files = TokenStreams(tmp_path / "d.AG.json")
+    assert files.split("train").dtype == np.uint32 and list(files.split("train")) == [0, 70000, 128255]
+    assert isinstance(files.split("train"), np.memmap)
+    with TokenWriter(tmp_path / "e", np.uint16) as writer:
+        writer.begin_split("train")
+        with pytest.raises(PipelineError, match="does not fit the token file's uint16"):
+            writer.append([70000])
+
+
+def test_old_npz_token_files_are_refused_with_the_rerun_command(tmp_path):
+    np.savez(tmp_path / "dom.npz", train=np.arange(5))
+    (tmp_path / "dom.json").write_text(json.dumps({"splits": {}}))
+    for path in (tmp_path / "dom.npz", tmp_path / "dom.json"):
+        with pytest.raises(PipelineError, match="rerun tokenize_domain"):
+            data.load_split(path, "train")
+
+
+def test_a_truncated_token_file_is_refused(tmp_path):
+    with TokenWriter(tmp_path / "dom", np.uint16) as writer:
+        writer.begin_split("train")
+        writer.append(np.arange(100), [0, 50])
+        writer.commit({})
+    with open(tmp_path / "dom.bin", "r+b") as handle:
+        handle.truncate(150)
+    with pytest.raises(PipelineError, match=r"dom\.bin: 150 bytes .* missing or truncated"):
+        TokenStreams(tmp_path / "dom.bin")
+
+
+def test_a_failed_split_leaves_no_output_and_no_temporary_file(tokenizers, tmp_path):
+    directory, _ = tokenizers["gpt2"]
+    good = "".join(f"line {i}.\n" for i in range(50))
+    write_domain_dir(tmp_path / "m2d2", "hep-ex", {"train": good, "valid": good, "test": b"\xff\xfe\n\x80\n"})
+    out = tmp_path / "tok"
+    with pytest.raises(CorpusError, match=r"hep-ex/test\.txt: not UTF-8 text"):
+        data.tokenize_domain(model_name=str(directory), m2d2_root=str(tmp_path / "m2d2"), domain="hep-ex",
+                             policy="keep", output=out / "hep-ex.bin", metadata=out / "hep-ex.json")
+    assert list(out.iterdir()) == []
+
+
+def test_a_new_writer_removes_its_own_stale_temporary_files_only(tmp_path):
+    stale = tmp_path / ".q-bio.bin.k1ll3d.tmp"
+    other = tmp_path / ".q-bio.BM.bin.wr1t1n.tmp"  # another domain's job, running now
+    stale.write_bytes(b"x")
+    other.write_bytes(b"y")
+    with TokenWriter(tmp_path / "q-bio", np.uint16) as writer:
+        writer.begin_split("train")
+        writer.append([1, 2], [0])
+        writer.commit({})
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".q-bio.BM.bin.wr1t1n.tmp", "q-bio.bin", "q-bio.idx",
+                                                          "q-bio.json"]
