@@ -155,3 +155,18 @@ def test_bad_embedding_file_is_named(tmp_path):
     np.save(tmp_path / "v.npy", np.zeros(5))
     with pytest.raises(PipelineError, match="expected a 2-D float array"):
         dist.load_embeddings(tmp_path / "v.npy")
+
+
+def test_resampled_block_products_over_upper_triangles_equal_tensordot_bit_for_bit():
+    moments = dist.compute_moments(gaussian(3000, 40, 9), blocks=100)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        weights = rng.multinomial(100, np.full(100, 0.01)).astype(np.float64)
+        assert np.array_equal(moments._outer_sum(weights), np.tensordot(weights, moments.block_outer, axes=1))
+    assert moments._packed is not False  # the half-size product was used
+    # Outer products that are not exactly symmetric: the plain product, for good.
+    skewed = dist.compute_moments(gaussian(3000, 40, 9), blocks=100)
+    skewed.block_outer[3, 0, 1] += 1e-9
+    weights = rng.multinomial(100, np.full(100, 0.01)).astype(np.float64)
+    assert np.array_equal(skewed._outer_sum(weights), np.tensordot(weights, skewed.block_outer, axes=1))
+    assert skewed._packed is False

@@ -11,6 +11,7 @@ from analysis import __version__
 from analysis.errors import PipelineError
 from analysis.io import derive_seed, write_json
 from analysis.similarity import distances as dist
+from analysis.similarity import statistics as stats
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ def compare(
     corpus: str,
     domain: str,
     portion: str,
-    corpus_embeddings: str | Path,
-    domain_embeddings: str | Path,
+    corpus_statistics: str | Path,
+    corpus_statistics_metadata: str | Path,
     corpus_metadata: str | Path,
+    domain_embeddings: str | Path,
     domain_metadata: str | Path,
     output: str | Path,
     resamples: int,
@@ -39,29 +41,59 @@ def compare(
     base_seed: int,
     interval: str = "basic",
 ) -> dict:
-    """Write ``output`` (JSON): MMD, FD, their bootstrap intervals, sizes and covariance notes."""
+    """Write ``output`` (JSON): MMD, FD, their bootstrap intervals, sizes and covariance notes.
+
+    The corpus enters through its saved moments (rule corpus_statistics), checked against the corpus'
+    embedding metadata; only the domain's embeddings are read.
+    """
     start = time.perf_counter()
     meta_c, meta_d = _metadata(corpus_metadata), _metadata(domain_metadata)
     if meta_c["model"] != meta_d["model"]:
         raise PipelineError(
-            f"embeddings from different models cannot be compared: {corpus_embeddings} "
+            f"embeddings from different models cannot be compared: {corpus_metadata} "
             f"({meta_c['model']}) and {domain_embeddings} ({meta_d['model']})"
         )
-    data_c = dist.load_embeddings(corpus_embeddings)
-    data_d = dist.load_embeddings(domain_embeddings)
-    if data_c.shape[1] != data_d.shape[1]:
-        raise PipelineError(
-            f"dimensions differ: {corpus_embeddings} has {data_c.shape[1]}, {domain_embeddings} has {data_d.shape[1]}"
-        )
-    seed = derive_seed(base_seed, "distance", corpus, domain)
-    moments_c = dist.compute_moments(
-        data_c, blocks=blocks, chunk_rows=chunk_rows, seed=derive_seed(base_seed, "blocks", "sources", corpus),
-        source=str(corpus_embeddings),
+    moments_c = stats.load_corpus_statistics(
+        corpus=corpus, statistics=corpus_statistics, statistics_metadata=corpus_statistics_metadata,
+        embedding_metadata=meta_c, embedding_metadata_path=corpus_metadata, blocks=blocks, base_seed=base_seed,
     )
+    data_d = dist.load_embeddings(domain_embeddings)
+    if moments_c.dim != data_d.shape[1]:
+        raise PipelineError(
+            f"dimensions differ: {corpus_statistics} has {moments_c.dim}, {domain_embeddings} has {data_d.shape[1]}"
+        )
     moments_d = dist.compute_moments(
         data_d, blocks=blocks, chunk_rows=chunk_rows, seed=derive_seed(base_seed, "blocks", "domains", domain),
         source=str(domain_embeddings),
     )
+    record = distance_record(
+        corpus=corpus, domain=domain, portion=portion, moments_c=moments_c, moments_d=moments_d,
+        embedding_model=meta_c["model"], resamples=resamples, confidence=confidence,
+        seed=derive_seed(base_seed, "distance", corpus, domain), interval=interval,
+    )
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(output, record)
+    log.info(
+        "%s vs %s: MMD %.5f %s, FD %.5f %s", corpus, domain, record["mmd"], record["mmd_ci"], record["fd"],
+        record["fd_ci"],
+    )
+    return record
+
+
+def distance_record(
+    *,
+    corpus: str,
+    domain: str,
+    portion: str,
+    moments_c: dist.Moments,
+    moments_d: dist.Moments,
+    embedding_model: str,
+    resamples: int,
+    confidence: float,
+    seed: int,
+    interval: str,
+) -> dict:
+    """MMD, FD, bootstrap intervals and covariance notes of one (corpus, domain) pair (no timing)."""
     mmd = dist.mmd_linear(moments_c.mean, moments_d.mean)
     trace_c, trace_d = float(moments_c.cov.trace()), float(moments_d.cov.trace())
     trace_sqrt = dist.trace_sqrt_product(moments_c.cov, moments_d.cov)
@@ -76,14 +108,14 @@ def compare(
     for note in notes.values():
         if "note" in note:
             log.warning(note["note"])
-    record = {
+    return {
         "corpus": corpus,
         "domain": domain,
         "portion": portion,
         "n_corpus": moments_c.n,
         "n_domain": moments_d.n,
         "dimension": moments_c.dim,
-        "embedding_model": meta_c["model"],
+        "embedding_model": embedding_model,
         "mmd": mmd,
         "mmd_ci": intervals["mmd_ci"],
         "fd": fd,
@@ -105,9 +137,5 @@ def compare(
             "blocks_domain": len(moments_d.block_counts),
             "seed": seed,
         },
-        "seconds": round(time.perf_counter() - start, 3),
         "analysis_version": __version__,
     }
-    write_json(output, record)
-    log.info("%s vs %s: MMD %.5f %s, FD %.5f %s", corpus, domain, mmd, intervals["mmd_ci"], fd, intervals["fd_ci"])
-    return record

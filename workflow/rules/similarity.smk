@@ -1,4 +1,6 @@
-# Similarity: SBERT embeddings (each corpus and domain once), MMD and Fréchet distance per pair.
+# Similarity: SBERT embeddings (each corpus and domain once), each corpus' moments once, MMD and
+# Fréchet distance per pair. Resources follow the input sizes (analysis/similarity/resources.py).
+from analysis.similarity import resources as similarity_resources
 
 
 rule embed:
@@ -15,21 +17,58 @@ rule embed:
         "../../envs/similarity.yaml"
     threads: SIMILARITY["threads"]
     resources:
-        mem_mb=8000,
-        runtime=grows(600),
+        mem_mb=lambda wildcards, input: similarity_resources.embed_mem(
+            config, wildcards, input
+        ),
+        runtime=lambda wildcards, input, threads, attempt: similarity_resources.embed_runtime(
+            config, wildcards, input, threads, attempt
+        ),
         gpu=SIMILARITY["gpus"],
     params:
         model=SIMILARITY["model"],
         max_seq_length=SIMILARITY["max_seq_length"],
         tokens_per_batch=SIMILARITY["tokens_per_batch"],
+        unit_texts=SIMILARITY["unit_texts"],
         device=SIMILARITY["device"],
+        dtype=SIMILARITY["dtype"],
     script:
         "../scripts/embed.py"
 
 
+rule corpus_statistics:
+    input:
+        embeddings=f"{RESULTS}/embeddings/sources/{{corpus}}.npy",
+        metadata=f"{RESULTS}/embeddings/sources/{{corpus}}.json",
+    output:
+        statistics=f"{RESULTS}/statistics/sources/{{corpus}}.npz",
+        metadata=f"{RESULTS}/statistics/sources/{{corpus}}.json",
+    log:
+        f"{LOGS}/corpus_statistics/{{corpus}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/corpus_statistics/{{corpus}}.tsv"
+    # Every distance job of the corpus waits for it.
+    priority: 10
+    conda:
+        "../../envs/similarity.yaml"
+    resources:
+        mem_mb=lambda wildcards, input: similarity_resources.statistics_mem(
+            config, wildcards, input
+        ),
+        runtime=lambda wildcards, input, attempt: similarity_resources.statistics_runtime(
+            config, wildcards, input, attempt
+        ),
+    params:
+        blocks=SIMILARITY["bootstrap_blocks"],
+        chunk_rows=SIMILARITY["chunk_rows"],
+        seed=config["seed"],
+    script:
+        "../scripts/corpus_statistics.py"
+
+
 rule distance:
     input:
-        corpus=f"{RESULTS}/embeddings/sources/{{corpus}}.npy",
+        statistics=f"{RESULTS}/statistics/sources/{{corpus}}.npz",
+        statistics_metadata=f"{RESULTS}/statistics/sources/{{corpus}}.json",
         corpus_metadata=f"{RESULTS}/embeddings/sources/{{corpus}}.json",
         domain=f"{RESULTS}/embeddings/domains/{{domain}}.npy",
         domain_metadata=f"{RESULTS}/embeddings/domains/{{domain}}.json",
@@ -42,8 +81,12 @@ rule distance:
     conda:
         "../../envs/similarity.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wildcards, input: similarity_resources.distance_mem(
+            config, wildcards, input
+        ),
+        runtime=lambda wildcards, input, attempt: similarity_resources.distance_runtime(
+            config, wildcards, input, attempt
+        ),
     params:
         portion=lambda wildcards: config_lib.domain_portion(config, wildcards.domain),
         resamples=SIMILARITY["bootstrap_resamples"],
