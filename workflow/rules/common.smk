@@ -223,7 +223,7 @@ def edge_targets():
 
 
 def token_files(model, policy, domain):
-    """The token files of rule tokenize_domain (wildcards or values): streams, offsets, metadata."""
+    """The token files tokenize_domain writes, for wildcards or values: streams, offsets, metadata."""
     stem = f"{RESULTS}/tokens/{model}/{policy}/{domain}"
     return {
         "tokens": f"{stem}.bin",
