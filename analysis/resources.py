@@ -1,14 +1,48 @@
-"""Cluster resources of the data jobs, derived from the size of their input.
+"""Cluster resources (memory in MB, runtime in minutes) of the jobs whose cost follows their input.
 
-The rates and memory below were measured by ``benchmarks/data_scale.py`` on a 2-core machine (see
-each constant) and are deliberately generous: a job that asks for too little is killed after its
-queue wait, one that asks for a little too much only waits a little longer. Every runtime is in
-minutes for the first attempt; the rules multiply it by the attempt number.
+Rules call these through lambdas over their ``input`` files. Snakemake evaluates resources once
+while planning, when inputs may not exist yet (a dry run shows those estimates), and again before a
+job starts, with its inputs in place: a missing file is therefore no error, it falls back to the
+configured sizes. The estimates are deliberately generous: a job that asks for too little is killed
+after its queue wait, one that asks for a little too much only waits a little longer.
+
+**Data jobs** (``sample_domain``, ``tokenize_domain``): rates and memory measured by
+``benchmarks/data_scale.py`` on a 2-core machine (see each constant); runtimes are for the first
+attempt, the rules multiply them by the attempt number.
+
+**Similarity jobs** (``embed``, ``corpus_statistics``, ``distance``): the rates are measured, or
+stated where they could not be:
+
+* ``corpus_statistics``: 2 x n x d^2 float64 flops (the mean pass is negligible); the block-wise
+  products reach ~24 GFLOP/s on one core here (benchmarks/distance_stage.py: 930k x 384 in 11.5
+  CPU s), taken as 20. Memory: the m x d x d block outer products (118 MB at m = 100, d = 384), a
+  chunk of rows in float64 (the chunk, its centred and sorted copies), the row partition and the
+  interpreter; measured 138 MiB anonymous after the pass at the paper's scale. The pages of the
+  memory-mapped corpus that the job reads count as its resident memory too, but they are clean
+  page cache, dropped under pressure.
+* ``distance``: the corpus statistics (118 MB) and the domain's (the same), each with a copy of
+  the upper triangles of its block products (half that), a domain chunk and the bootstrap's d x d
+  temporaries; time is dominated by the bootstrap, 30-45 ms per resample at d = 384 on one core
+  (two resampled covariances, a Cholesky factor, two products, eigenvalues).
+* ``embed``: tokens per second of all-MiniLM-L6-v2 (256-token texts, the worst case: most web
+  documents are truncated there). CPU: ~1,500 tokens/s per thread on this 2-core machine under load
+  (benchmarks/embedding.py); taken as 1,000. GPU: not measured here (no GPU); stated as 100,000
+  tokens/s (~400 texts/s of 256 tokens) for bf16 on an A100/H100-class device, a cautious figure
+  for a 22M-parameter encoder. Memory does not grow with the corpus: one unit of texts and its
+  token ids (two units when the next is prefetched on a GPU), the model, the CUDA context.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------
+# Data jobs
+# ------------------------------------------------------------------------------------------------
 
 #: Peak resident memory of a tokenize_domain job (MB), flat in the size of the domain: the
 #: interpreter with transformers and the tokenizer (~550 MB), one batch of text and its ids
@@ -54,3 +88,143 @@ def sample_domain_mem_mb(text_bytes: int, fraction: float, max_texts: int, min_t
 def sample_domain_runtime(text_bytes: int) -> int:
     """Minutes for two streamed passes over ``text_bytes`` of text."""
     return 10 + math.ceil(2 * text_bytes / 1e6 / SAMPLE_MB_PER_S / 60)
+
+
+# ------------------------------------------------------------------------------------------------
+# Similarity jobs
+# ------------------------------------------------------------------------------------------------
+
+
+MB = 1e6
+INTERPRETER_MB = 400  # python, numpy, the analysis package
+STATISTICS_FLOPS = 20e9  # block-wise outer products, one core
+BOOTSTRAP_SECONDS_PER_RESAMPLE_AT_384 = 0.045  # one core; scales as d^3
+CPU_TOKENS_PER_SECOND_PER_THREAD = 1_000
+GPU_TOKENS_PER_SECOND = 100_000
+EMBED_BASE_MB = {"cpu": 2500, "gpu": 4000}  # torch, the model; on a GPU also the CUDA context
+EMBED_BYTES_PER_TEXT = 24_000  # a truncated web document as str (~8 kB) and 257 token ids as ints
+
+
+def npy_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The shape in a ``.npy`` header (the data are not read); None when the file is not there."""
+    readers = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            if major in readers:
+                return tuple(readers[major](handle)[0])
+    except FileNotFoundError:
+        return None
+    return tuple(np.load(path, mmap_mode="r").shape)  # a newer header version
+
+
+def parquet_rows(path: str | Path) -> int | None:
+    """Rows of a parquet file from its footer; None when the file is not there."""
+    if not os.path.exists(path):
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def statistics_mem_mb(rows: int, dim: int, blocks: int, chunk_rows: int) -> int:
+    """Peak memory of ``corpus_statistics`` for ``rows`` x ``dim`` embeddings in ``blocks`` blocks."""
+    outer = blocks * dim * dim * 8
+    chunks = 4 * chunk_rows * dim * 8  # float64 chunk, centred copy, sorted copy, a block's rows
+    partition = 3 * rows * 8  # the permutation, the block of each row, a chunk's argsort
+    return math.ceil(INTERPRETER_MB + 1.25 * (outer + chunks + partition) / MB)
+
+
+def statistics_runtime_min(rows: int, dim: int, attempt: int = 1) -> int:
+    """Runtime of ``corpus_statistics`` (minutes; x attempt), with a 3x margin over the measured rate."""
+    seconds = 2 * rows * dim * dim / STATISTICS_FLOPS
+    return math.ceil(5 + 3 * seconds / 60) * attempt
+
+
+def distance_mem_mb(domain_rows: int, dim: int, blocks: int, chunk_rows: int) -> int:
+    """Peak memory of ``distance``: two sets of block statistics, a domain chunk, d x d temporaries."""
+    statistics = 2 * blocks * (1.5 * dim * dim + dim) * 8
+    chunks = 4 * min(chunk_rows, max(domain_rows, 1)) * dim * 8
+    temporaries = 16 * dim * dim * 8
+    return math.ceil(INTERPRETER_MB + 1.25 * (statistics + chunks + temporaries + 3 * domain_rows * 8) / MB)
+
+
+def distance_runtime_min(domain_rows: int, dim: int, resamples: int, attempt: int = 1) -> int:
+    """Runtime of ``distance`` (minutes; x attempt): the bootstrap plus the domain pass, 3x margin."""
+    bootstrap = resamples * BOOTSTRAP_SECONDS_PER_RESAMPLE_AT_384 * (dim / 384) ** 3
+    domain = 2 * domain_rows * dim * dim / STATISTICS_FLOPS
+    return math.ceil(2 + 3 * (bootstrap + domain) / 60) * attempt
+
+
+def embed_mem_mb(unit_texts: int, rows: int, gpus: int) -> int:
+    """Peak memory of ``embed``: flat in the corpus size (units), two units in flight on a GPU."""
+    in_flight = min(unit_texts, max(rows, 1)) * (2 if gpus else 1)
+    return math.ceil(EMBED_BASE_MB["gpu" if gpus else "cpu"] + in_flight * EMBED_BYTES_PER_TEXT / MB)
+
+
+def embed_runtime_min(rows: int, max_seq_length: int, threads: int, gpus: int, attempt: int = 1) -> int:
+    """Runtime of ``embed`` (minutes; x attempt) at the stated throughput, every text taken as
+    ``max_seq_length`` tokens; a retried job also resumes where the last one stopped."""
+    rate = GPU_TOKENS_PER_SECOND if gpus else CPU_TOKENS_PER_SECOND_PER_THREAD * max(threads, 1)
+    seconds = rows * max_seq_length / rate
+    return math.ceil(5 + 1.5 * seconds / 60) * attempt
+
+
+# What the rules call, with the config, the job's wildcards and its input files.
+
+FALLBACK_DIMENSION = 384  # before the embeddings exist (planning, dry runs): the default model's
+
+
+def sample_rows(config: dict, kind: str, name: str, parquet: str | Path) -> int:
+    """Texts of a sample: its rows, or before it exists the configured sample size."""
+    rows = parquet_rows(parquet)
+    if rows is not None:
+        return rows
+    if kind == "sources":
+        return config["corpora"][name]["n_texts"]
+    return config["sampling"]["domain_max_texts"]
+
+
+def embeddings_shape(path: str | Path, fallback_rows: int) -> tuple[int, int]:
+    """(rows, d) of an embeddings .npy from its header, or an estimate before it exists."""
+    shape = npy_shape(path)
+    return (shape[0], shape[1]) if shape else (fallback_rows, FALLBACK_DIMENSION)
+
+
+def embed_mem(config, wildcards, input) -> int:
+    rows = sample_rows(config, wildcards.kind, wildcards.name, input[0])
+    return embed_mem_mb(config["similarity"]["unit_texts"], rows, config["similarity"]["gpus"])
+
+
+def embed_runtime(config, wildcards, input, threads, attempt) -> int:
+    similarity = config["similarity"]
+    rows = sample_rows(config, wildcards.kind, wildcards.name, input[0])
+    return embed_runtime_min(rows, similarity["max_seq_length"], threads, similarity["gpus"], attempt)
+
+
+def _corpus_shape(config, wildcards, input) -> tuple[int, int]:
+    return embeddings_shape(input.embeddings, config["corpora"][wildcards.corpus]["n_texts"])
+
+
+def statistics_mem(config, wildcards, input) -> int:
+    similarity = config["similarity"]
+    return statistics_mem_mb(
+        *_corpus_shape(config, wildcards, input), similarity["bootstrap_blocks"], similarity["chunk_rows"]
+    )
+
+
+def statistics_runtime(config, wildcards, input, attempt) -> int:
+    return statistics_runtime_min(*_corpus_shape(config, wildcards, input), attempt)
+
+
+def _domain_shape(config, input) -> tuple[int, int]:
+    return embeddings_shape(input.domain, config["sampling"]["domain_max_texts"])
+
+
+def distance_mem(config, wildcards, input) -> int:
+    similarity = config["similarity"]
+    return distance_mem_mb(*_domain_shape(config, input), similarity["bootstrap_blocks"], similarity["chunk_rows"])
+
+
+def distance_runtime(config, wildcards, input, attempt) -> int:
+    return distance_runtime_min(*_domain_shape(config, input), config["similarity"]["bootstrap_resamples"], attempt)

@@ -1,6 +1,5 @@
 # Similarity: SBERT embeddings (each corpus and domain once), each corpus' moments once, MMD and
-# Fréchet distance per pair. Resources follow the input sizes (analysis/similarity/resources.py).
-from analysis.similarity import resources as similarity_resources
+# Fréchet distance per pair. Resources follow the input sizes (analysis/resources.py).
 
 
 rule embed:
@@ -17,10 +16,10 @@ rule embed:
         "../../envs/similarity.yaml"
     threads: SIMILARITY["threads"]
     resources:
-        mem_mb=lambda wildcards, input: similarity_resources.embed_mem(
+        mem_mb=lambda wildcards, input: resources_lib.embed_mem(
             config, wildcards, input
         ),
-        runtime=lambda wildcards, input, threads, attempt: similarity_resources.embed_runtime(
+        runtime=lambda wildcards, input, threads, attempt: resources_lib.embed_runtime(
             config, wildcards, input, threads, attempt
         ),
         gpu=SIMILARITY["gpus"],
@@ -51,10 +50,10 @@ rule corpus_statistics:
     conda:
         "../../envs/similarity.yaml"
     resources:
-        mem_mb=lambda wildcards, input: similarity_resources.statistics_mem(
+        mem_mb=lambda wildcards, input: resources_lib.statistics_mem(
             config, wildcards, input
         ),
-        runtime=lambda wildcards, input, attempt: similarity_resources.statistics_runtime(
+        runtime=lambda wildcards, input, attempt: resources_lib.statistics_runtime(
             config, wildcards, input, attempt
         ),
     params:
@@ -81,10 +80,10 @@ rule distance:
     conda:
         "../../envs/similarity.yaml"
     resources:
-        mem_mb=lambda wildcards, input: similarity_resources.distance_mem(
+        mem_mb=lambda wildcards, input: resources_lib.distance_mem(
             config, wildcards, input
         ),
-        runtime=lambda wildcards, input, attempt: similarity_resources.distance_runtime(
+        runtime=lambda wildcards, input, attempt: resources_lib.distance_runtime(
             config, wildcards, input, attempt
         ),
     params:

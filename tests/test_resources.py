@@ -1,4 +1,4 @@
-"""Resources of the similarity jobs from their input sizes (analysis/similarity/resources.py)."""
+"""Resources of the jobs whose cost follows their input (analysis/resources.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.similarity import resources as res
+from analysis import resources as res
 
 CONFIG = {
     "corpora": {"web": {"n_texts": 930_000}},
@@ -68,3 +68,29 @@ def test_rule_functions_use_the_inputs_when_they_exist_and_the_config_before(tmp
     domains = SimpleNamespace(kind="domains", name="hep-ex")
     assert res.sample_rows(CONFIG, "domains", "hep-ex", tmp_path / "nope.parquet") == 50_000
     assert res.embed_mem(CONFIG, domains, [str(tmp_path / "nope.parquet")]) == res.embed_mem_mb(16384, 50_000, 1)
+
+
+def test_data_jobs_memory_follows_what_they_keep_and_runtime_the_text():
+    gb = 1_000_000_000
+    # tokenize_domain: flat in the domain's size; the runtime grows with it and falls with threads.
+    assert res.tokenize_domain_mem_mb(2) == res.tokenize_domain_mem_mb(2) < 4000
+    assert res.tokenize_domain_runtime(5 * gb, 2) > res.tokenize_domain_runtime(gb // 2, 2)
+    assert res.tokenize_domain_runtime(5 * gb, 8) < res.tokenize_domain_runtime(5 * gb, 2)
+    # sample_domain: 5% of the text up to the 50,000-text cap (texts taken as 8 kB at most).
+    paper = dict(fraction=0.05, max_texts=50_000, min_texts=0)
+    assert res.sample_domain_mem_mb(10 * gb, **paper) == res.sample_domain_mem_mb(20 * gb, **paper)
+    assert res.sample_domain_mem_mb(100_000_000, **paper) < res.sample_domain_mem_mb(5 * gb, **paper) < 8000
+    assert res.sampled_bytes(1000, 0.05, 50_000, 300) == 1000  # a small domain is kept whole
+    assert res.sample_domain_runtime(5 * gb) > res.sample_domain_runtime(gb // 2)
+
+
+def test_an_archive_text_size_comes_from_the_gzip_trailer(tmp_path):
+    from analysis.corpora import m2d2
+    from tests.builders import write_domain_archive
+
+    text = "a paragraph of text that compresses well\n" * 50_000
+    archive = write_domain_archive(tmp_path, "math.AG", {"train": text, "valid": "v\n", "test": "t\n"})
+    size = m2d2.archive_text_bytes(archive)
+    assert archive.stat().st_size < size and abs(size - len(text)) < 10_000  # the tar's headers and padding
+    assert m2d2.text_bytes(tmp_path, "math.AG") == size
+    assert m2d2.text_bytes(tmp_path, "absent") == 0
