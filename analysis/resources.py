@@ -44,18 +44,22 @@ import numpy as np
 # Data jobs
 # ------------------------------------------------------------------------------------------------
 
-#: Peak resident memory of a tokenize_domain job (MB), flat in the size of the domain: the
-#: interpreter with transformers and the tokenizer (~550 MB), one batch of text and its ids
-#: (4 MB of text), and room for a slow tokenizer's whole-text fallback on small splits.
+#: Peak resident memory of a tokenize_domain job (MB), flat in the size of the domain: measured
+#: 607-666 MB at 32, 128 and 512 MB of text (the interpreter with transformers and torch, the
+#: tokenizer, a 4 MB batch being read ahead and one being encoded); 3x that for other tokenizers.
 TOKENIZE_MEM_MB = 2000
-#: Text tokenised per second and thread (MB/s; byte-level BPE, measured 1.6 MB/s per CPU second).
+#: Text tokenised per second and thread (MB/s): measured 2.5-2.8 MB/s on 2 threads (1.3 per
+#: thread) with a byte-level BPE; taken as 0.5 for vocabularies and texts that encode slower and
+#: for threads that do not scale perfectly.
 TOKENIZE_MB_PER_S_PER_THREAD = 0.5
-#: sample_domain: the interpreter with pyarrow (MB), and memory per MB of sampled text (the texts
-#: as Python strings and as an Arrow table while the parquet is written).
+#: sample_domain: the interpreter with pyarrow (MB; measured 180-236 MB in all), and memory per MB
+#: of sampled text (the texts as Python strings and as an Arrow table while the parquet is
+#: written; measured ~5).
 SAMPLE_BASE_MB = 1000
 SAMPLE_MB_PER_SAMPLED_MB = 6
-#: sample_domain reads its splits twice (count, then draw), at this rate (MB/s, measured ~5).
-SAMPLE_MB_PER_S = 1.0
+#: sample_domain reads its splits twice (count, then draw): measured 58-76 MB/s for both passes
+#: from a directory; taken as 10 MB/s per pass for archives (decompressed twice) and slow disks.
+SAMPLE_MB_PER_S = 10.0
 #: Upper bound on the size of one text when only bytes are known (M2D2 paragraphs are ~0.5-1 kB).
 MAX_TEXT_BYTES = 8192
 

@@ -7,7 +7,8 @@ Builds M2D2-shaped domains (one paragraph per line, a blank line between documen
 ``--sizes`` MB of train text, from the demo generator's Wikipedia-like and S2ORC-like documents
 shuffled with replacement, and a GPT-2-style byte-level BPE of 4,096 tokens trained on the demo's
 source corpus (the demo model's tokenizer). Every measurement runs in a fresh interpreter and
-reports wall seconds, MB/s of text and peak resident memory (ru_maxrss), side by side:
+reports wall seconds, MB/s of text and peak resident memory (VmHWM), side by side (``--repeat``:
+the median of interleaved runs, as these machines are noisy):
 
 * ``tokenize_domain`` (streamed, pieces cut by ``analysis.lm.tokenize``) under ``keep`` and
   ``line``, against the pre-streaming path (each split read whole, each policy text tokenised with
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "Culture_and_the_arts__Culture_and_Humanities"
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 task, workdir, size, policy, threads = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
 os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -91,7 +92,8 @@ elif task in ("sample_new", "sample_old"):
                        out + ".parquet")
         result["sampled"] = n
 result["wall_s"] = time.perf_counter() - start
-result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent's memory at the fork.
+result["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024 / 1e6
 print(json.dumps(result))
 """
 
@@ -160,6 +162,8 @@ def main() -> None:
     parser.add_argument("--old-keep-max-mb", type=int, default=32)
     parser.add_argument("--old-line-max-mb", type=int, default=128)
     parser.add_argument("--old-sample-max-mb", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each measurement, old and new interleaved; the median is reported")
     args = parser.parse_args()
     (args.workdir / "out").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -174,15 +178,23 @@ def main() -> None:
         plan += [("tokenize_domain", policy, "tokenize_new", "tokenize_old", limit, text_mb)
                  for policy, limit in (("keep", args.old_keep_max_mb), ("line", args.old_line_max_mb))]
         for stage, policy, new_task, old_task, limit, megabytes in plan:
-            for path, task in (("new", new_task), ("old", old_task)):
-                if path == "old" and size > limit:
+            paths = [("new", new_task)] + ([("old", old_task)] if size <= limit else [])
+            runs: dict[str, list[dict]] = {path: [] for path, _ in paths}
+            for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
+                for path, task in paths:
+                    result = run(task, args.workdir, size, policy, args.threads)
+                    print(f"{stage} {policy} {size} MB {path}: {result}", file=sys.stderr)
+                    runs[path].append(result)
+            for path in ("new", "old"):
+                if path not in runs:
                     rows.append([stage, policy, size, path, "not run (does not fit / too slow)", "", "", ""])
                     continue
-                result = run(task, args.workdir, size, policy, args.threads)
-                print(f"{stage} {policy} {size} MB {path}: {result}", file=sys.stderr)
-                if "error" in result:
-                    rows.append([stage, policy, size, path, result["error"], "", "", ""])
+                errors = [r["error"] for r in runs[path] if "error" in r]
+                if errors:
+                    rows.append([stage, policy, size, path, errors[0], "", "", ""])
                     continue
+                walls = sorted(r["wall_s"] for r in runs[path])
+                result = {"wall_s": walls[len(walls) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[path])}
                 same = ""
                 if path == "old":
                     same = same_sample(args.workdir, size) if stage == "sample_domain" else \
@@ -190,7 +202,8 @@ def main() -> None:
                 rows.append([stage, policy, size, path, f"{result['wall_s']:.1f}",
                              f"{megabytes / result['wall_s']:.2f}", f"{result['peak_rss_mb']:.0f}",
                              "yes" if same is True else ("NO" if same is False else "")])
-    print(f"\nthreads: {args.threads}; text per size: train = size, valid = test = 1 MB\n")
+    print(f"\nthreads: {args.threads}; text per size: train = size, valid = test = 1 MB; "
+          f"median of {args.repeat} interleaved run(s), peak RSS the largest\n")
     print("| stage | policy | train MB | path | seconds | MB/s | peak RSS MB | same output as old |")
     print("| --- | --- | ---: | --- | ---: | ---: | ---: | --- |")
     for row in rows:

@@ -126,16 +126,22 @@ def olmo_style_tokenizer(texts: list[str], vocab_size: int = 600):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>")
 
 
-def llama_style_tokenizer(texts: list[str], vocab_size: int = 900, newline_merges: bool = False):
+def llama_style_tokenizer(texts: list[str], vocab_size: int = 900, newline_merges: bool = False,
+                          metaspace: bool = False):
     """A BPE built as LLaMA's tokenizer.json: Prepend("▁") + Replace(" ", "▁") normaliser, no
     pre-tokenizer, byte fallback (the 256 <0x..> tokens), trained on lines so that, as in LLaMA's
     vocabulary, no token holds a newline; ``newline_merges`` trains on whole texts instead, so that
-    tokens join newlines to other characters."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    tokens join newlines to other characters. ``metaspace``: the newer form of the same tokenizer
+    (transformers' non-legacy Llama tokenizers), a Metaspace pre-tokenizer that prepends "▁" to the
+    first section only and does not split, and no normaliser."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    if metaspace:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    else:
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                            decoders.Strip(" ", 1, 0)])
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]

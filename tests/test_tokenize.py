@@ -24,6 +24,7 @@ FAMILIES = {
     "gpt2": (gpt2_style_tokenizer, {}, "byte-level"),
     "olmo": (olmo_style_tokenizer, {}, "byte-level"),
     "llama": (llama_style_tokenizer, {}, "newline-barrier"),
+    "llama-metaspace": (llama_style_tokenizer, {"metaspace": True}, "newline-barrier"),
     # Merges across newlines: no cut is provably safe, so texts are tokenised whole.
     "llama-newline-merges": (llama_style_tokenizer, {"newline_merges": True}, None),
 }
@@ -97,7 +98,7 @@ def test_streamed_tokens_equal_whole_text_tokenisation(tokenizers, tmp_path, fam
         assert cuts == 0
 
 
-@pytest.mark.parametrize("family", ["gpt2", "olmo", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "olmo", "llama", "llama-metaspace"])
 def test_cuts_are_safe_on_many_random_texts(tokenizers, family):
     """The property behind the rule, on many more texts than the file test: any cut the rule allows
     splits the tokens of the text exactly."""

@@ -427,6 +427,7 @@ def test_each_corpus_and_domain_is_embedded_once(demo_run):
     result = snakemake(workdir, "-n", "--forceall", configfile=configfile)
     counts = job_counts(result.output)
     assert counts["embed"] == 1 + 6  # C + D, not C x D
+    assert counts["corpus_statistics"] == 1  # each corpus' moments once, read by its C x D distances
     assert counts["distance"] == 1 * 6
 
 
@@ -458,6 +459,7 @@ def test_adding_a_domain_computes_only_that_domain_and_the_aggregates(demo_run, 
                     "adapt": 2, "evaluate": 2}.items():
         assert counts.get(rule) == n, counts
     assert "pretrain_base" not in counts and "sample_source" not in counts
+    assert "corpus_statistics" not in counts  # the corpus is not read again
     domains = set(re.findall(r"wildcards: .*domain=([\w.-]+)", result.output))
     assert domains == {"cond-mat.str-el"}, domains
 

@@ -226,6 +226,61 @@ class SplitCounts:
         self.bytes += len(piece.text.encode("utf-8")) + separator
 
 
+def _batches(texts: Iterable[Piece], counts: SplitCounts, batch_chars: int) -> Iterator[list[Piece]]:
+    batch: list[Piece] = []
+    size = 0
+    for piece in texts:
+        counts.add(piece)
+        batch.append(piece)
+        size += len(piece.text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _read_ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """``items``, produced in a thread up to ``depth`` ahead: reading, decoding and cutting the text
+    (Python) overlaps the encoding of the previous batch (the tokenizer's threads, without the GIL).
+    An exception in the thread is raised here."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def tokenize_stream(
     texts: Iterable[Piece], encoder: PieceEncoder, writer, *, eos_id: int | None, batch_chars: int,
     progress: str = "", log_every_s: float = 30.0,
@@ -233,11 +288,8 @@ def tokenize_stream(
     """Encode pieces in batches of about ``batch_chars`` characters and append their ids (EOS after
     each text when ``eos_id`` is set) to ``writer``'s current split. Returns the split's counts."""
     counts = SplitCounts()
-    batch: list[Piece] = []
-    batch_size = 0
     started = last_log = time.perf_counter()
-
-    def flush() -> None:
+    for batch in _read_ahead(_batches(texts, counts, batch_chars)):
         ids: list[int] = []
         starts: list[int] = []
         for piece, piece_ids in zip(batch, encoder.encode_pieces([p.text for p in batch],
@@ -249,20 +301,10 @@ def tokenize_stream(
                 ids.append(eos_id)
         writer.append(ids, starts)
         counts.tokens += len(ids)
-
-    for piece in texts:
-        counts.add(piece)
-        batch.append(piece)
-        batch_size += len(piece.text)
-        if batch_size >= batch_chars:
-            flush()
-            batch, batch_size = [], 0
-            now = time.perf_counter()
-            if now - last_log >= log_every_s:
-                megabytes = counts.bytes / 1e6
-                log.info("%s%.1f MB, %d tokens, %.2f MB/s", progress, megabytes, counts.tokens,
-                         megabytes / (now - started))
-                last_log = now
-    if batch:
-        flush()
+        now = time.perf_counter()
+        if now - last_log >= log_every_s:
+            megabytes = counts.bytes / 1e6
+            log.info("%s%.1f MB read, %d tokens, %.2f MB/s", progress, megabytes, counts.tokens,
+                     megabytes / (now - started))
+            last_log = now
     return counts
