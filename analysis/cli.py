@@ -1,4 +1,4 @@
-"""``python -m analysis``: check a config, and print filtered results tables."""
+"""``python -m analysis``: check a config, plan its memory, build DeepSpeed's ops, print results tables."""
 
 from __future__ import annotations
 
@@ -37,6 +37,40 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.lm import plan as plan_lib
+
+    cfg = config_lib.load(args.configfile)
+    models = args.models or list(cfg["models"])
+    unknown = [m for m in models if m not in cfg["models"]]
+    if unknown:
+        raise PipelineError(f"--models: {', '.join(unknown)} not in {args.configfile}'s models "
+                            f"({', '.join(cfg['models'])})")
+    if args.gpu_peak_tflops:
+        cfg["adaptation"]["plan"]["gpu_peak_tflops"] = args.gpu_peak_tflops
+    records = []
+    for key in models:
+        target = plan_lib.config_target(cfg, key, args.gpu_memory_gb, args.gpus, args.host_memory_gb)
+        record = plan_lib.plan_record(cfg, key, target, args.modes, measure_device=args.measure_device)
+        records.append(record)
+        if args.format == "md":
+            print(plan_lib.plan_markdown(record))
+            sys.stdout.flush()
+    if args.format == "json":
+        print(json.dumps(records, indent=1))
+    return 0
+
+
+def build_ops(args: argparse.Namespace) -> int:
+    from analysis.lm.ops import build_ops as build
+
+    for op, seconds in build().items():
+        print(f"{op}: ready ({seconds:.0f} s; cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--limit", type=int, help="print at most this many rows")
     table.add_argument("--format", choices=["md", "tsv", "json"], default="md")
     table.set_defaults(run=show)
+    planner = sub.add_parser("plan", help="memory and runtime of every model's adaptation under each ZeRO / "
+                             "offload / checkpointing setting, and the cheapest that fits")
+    planner.add_argument("configfile", nargs="?", default="config.yaml")
+    planner.add_argument("--gpu-memory-gb", type=float, help="memory of one GPU (default: adaptation.plan)")
+    planner.add_argument("--gpus", type=int, help="GPUs (data-parallel processes) per job; 0 plans a CPU run "
+                         "(default: the model's adapt gpus, else adaptation.gpus)")
+    planner.add_argument("--host-memory-gb", type=float, help="host memory per job, if it should limit the plan")
+    planner.add_argument("--gpu-peak-tflops", type=float, help="dense bf16 peak of one GPU (default: adaptation.plan)")
+    planner.add_argument("--models", nargs="+", help="only these models (keys of models)")
+    planner.add_argument("--modes", nargs="+", help="only these modes (default: adaptation.modes)")
+    planner.add_argument("--measure-device", default="cpu", choices=["cpu", "cuda"],
+                         help="where the reduced-depth activation measurement runs")
+    planner.add_argument("--format", choices=["md", "json"], default="md")
+    planner.set_defaults(run=plan)
+    ops = sub.add_parser("build-ops", help="compile DeepSpeed's CPU Adam (optimizer offload) into the extension cache")
+    ops.set_defaults(run=build_ops)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

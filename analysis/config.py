@@ -150,6 +150,10 @@ def _cross_check(config: dict, source: str) -> None:
                 f"{source}: 'models.{name}' has a pretrain section, so rule pretrain_base builds it at "
                 f"{built!r}; set 'models.{name}.name_or_path' to that (it is {model['name_or_path']!r})"
             )
+        from analysis.lm.plan import check_zero_settings
+
+        check_zero_settings(model["zero_stage"], model["offload_optimizer"], model["offload_parameters"],
+                            where=f"{source}: 'models.{name}'", error=ConfigError)
         if model["corpus"] not in config["corpora"]:
             raise ConfigError(
                 f"{source}: 'models.{name}.corpus' is {model['corpus']!r}, which is not a key of "

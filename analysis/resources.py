@@ -10,6 +10,11 @@ after its queue wait, one that asks for a little too much only waits a little lo
 ``benchmarks/data_scale.py`` on a 2-core machine (see each constant); runtimes are for the first
 attempt, the rules multiply them by the attempt number.
 
+**Adapt jobs**: from the model's memory plan (rule ``plan``, ``results/plan/<model>.json``;
+``analysis.lm.plan.job_resources``) and the domain's train tokens (its token metadata); a value
+set in ``models.<name>.resources.adapt`` wins. Before the plan exists (planning, dry runs) the
+fallbacks below are shown.
+
 **Similarity jobs** (``embed``, ``corpus_statistics``, ``distance``): the rates are measured, or
 stated where they could not be:
 
@@ -232,3 +237,37 @@ def distance_mem(config, wildcards, input) -> int:
 
 def distance_runtime(config, wildcards, input, attempt) -> int:
     return distance_runtime_min(*_domain_shape(config, input), config["similarity"]["bootstrap_resamples"], attempt)
+
+
+# ------------------------------------------------------------------------------------------------
+# Adapt jobs
+# ------------------------------------------------------------------------------------------------
+
+#: While the model's plan does not exist yet (a dry run): memory (MB), minutes, disk (MB).
+ADAPT_FALLBACK = {"mem_mb": 16000, "runtime": 720, "disk_mb": 10000}
+
+
+def adapt_resource(config, wildcards, input, key: str, attempt: int = 1) -> int:
+    """``mem_mb``, ``runtime`` (times the attempt) or ``disk_mb`` of an adapt job."""
+    import json
+
+    spec = config["models"][wildcards.model]
+    value = spec["resources"]["adapt"][key]
+    if value is None:
+        try:
+            record = json.loads(Path(input.plan).read_text())
+        except (OSError, ValueError):
+            value = ADAPT_FALLBACK[key]
+        else:
+            from analysis.lm.plan import job_resources
+
+            tokens = steps = None
+            try:
+                tokens = json.loads(Path(input.metadata).read_text())["splits"]["train"]["tokens"]
+            except (OSError, ValueError, KeyError):
+                pass
+            if tokens:
+                per_step = spec["context_length"] * spec["micro_batch_size"] * spec["gradient_accumulation_steps"]
+                steps = tokens // (per_step * record["target"]["processes"])
+            value = job_resources(record, wildcards.mode, tokens, steps)[key]
+    return value * attempt if key == "runtime" else value

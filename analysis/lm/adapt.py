@@ -66,6 +66,23 @@ def apply_delta(model, delta_dir: str | Path):
     return model
 
 
+def _dtype_name(state_dict: Mapping) -> str:
+    import torch
+
+    dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+    return "bfloat16" if dtypes == {torch.bfloat16} else "float32"
+
+
+def _tied_keys(model) -> set[str]:
+    """Parameter names that share storage with an earlier one (a tied LM head)."""
+    first, tied = set(), set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.data_ptr() in first:
+            tied.add(name)
+        first.add(tensor.data_ptr())
+    return tied
+
+
 def curves_figure(curves: list[dict], title: str, path: str | Path) -> None:
     import matplotlib
 
@@ -135,11 +152,22 @@ def adapt(
         micro_batch_size=model_spec["micro_batch_size"],
         gradient_accumulation_steps=model_spec["gradient_accumulation_steps"],
         gradient_clipping=model_spec["gradient_clipping"], zero_stage=model_spec["zero_stage"],
+        offload_optimizer=model_spec.get("offload_optimizer", False),
+        offload_parameters=model_spec.get("offload_parameters", False),
+        gradient_checkpointing=model_spec.get("gradient_checkpointing", False),
         precision=precision, eval_batch_size=model_spec["eval_batch_size"],
         curve_points=adaptation["curve_points"], checkpoint_every=adaptation["checkpoint_every"],
         seed=derive_seed(seed, "steps", model_key, domain), loss=adaptation.get("loss", "model"),
     )
-    model = load_causal_lm(model_spec["name_or_path"], dtype="float32")
+    if adaptation.get("plan", {}).get("check", False):
+        from analysis.lm.plan import check_job
+
+        planned = check_job(model_key, model_spec, mode, scheme_options, settings.loss, adaptation["plan"],
+                            int(os.environ.get("WORLD_SIZE", "1")))
+        log.info("memory plan: %s: %.2f GB device, %.2f GB host per process (fits)", planned.setting.describe(),
+                 planned.device_bytes / 1e9, planned.host_bytes / 1e9)
+    # Loaded in the training precision: DeepSpeed would cast a float32 copy anyway, after holding it.
+    model = load_causal_lm(model_spec["name_or_path"], dtype=precision)
     sets = eval_sets(splits, order, adaptation["curve_max_blocks"], adaptation["seen_first_fraction"])
     search = None
     if mode == "auto_sparse":
@@ -169,7 +197,16 @@ def adapt(
 
     if rank != 0:
         return {}
-    trained = merged_model(result.pop("module"))
+    module = result.pop("module")
+    state_dict = result.pop("state_dict")
+    if module is None:  # ZeRO-3: the whole trained tensors, gathered on rank 0, into a plain model
+        module = apply_scheme(load_causal_lm(model_spec["name_or_path"], dtype=_dtype_name(state_dict)), scheme)
+        missing, unexpected = module.load_state_dict(state_dict, strict=False)
+        if unexpected or [k for k in missing if k not in _tied_keys(module)]:
+            raise PipelineError(f"ZeRO-3 state dict does not match the model: missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]} (a bug)")
+        del state_dict
+    trained = merged_model(module)
     with atomic_dir(output_dir / "weights") as tmp:
         if mode == "full":
             trained.save_pretrained(tmp)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from analysis.errors import PipelineError
 from analysis.lm.loss import forward_loss
+from analysis.lm.plan import check_zero_settings
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class TrainSettings:
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 1.0
     zero_stage: int = 0
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer state and step on the CPU (stages 1-3)
+    offload_parameters: bool = False  # ZeRO-Infinity's parameter offload to CPU (stage 3 only)
+    gradient_checkpointing: bool = False  # Hugging Face activation checkpointing of every block
     precision: str = "float32"
     eval_batch_size: int = 8
     curve_points: int = 5
@@ -95,13 +99,20 @@ def resolve_precision(dtype: str, device: torch.device) -> str:
     return "float32"
 
 
-def deepspeed_config(settings: TrainSettings, world_size: int = 1) -> dict:
+def deepspeed_config(settings: TrainSettings, world_size: int = 1, pin_memory: bool = False) -> dict:
+    """The DeepSpeed config of a run; ``pin_memory`` (page-locked host buffers for offload) on GPUs."""
+    check_zero_settings(settings.zero_stage, settings.offload_optimizer, settings.offload_parameters)
+    zero: dict = {"stage": settings.zero_stage}
+    if settings.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
+    if settings.offload_parameters:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
     return {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
         "train_batch_size": settings.micro_batch_size * settings.gradient_accumulation_steps * world_size,
         "gradient_clipping": settings.gradient_clipping,
-        "zero_optimization": {"stage": settings.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": settings.precision == "bfloat16"},
         "fp16": {"enabled": False},
         "steps_per_print": 1_000_000_000,
@@ -197,14 +208,15 @@ def train(
     blocks_dropped = len(order) - total_steps * per_step
     block_size = blocks.shape[1]
 
-    ds_config = deepspeed_config(settings, world)
+    ds_config = deepspeed_config(settings, world, pin_memory=torch.cuda.is_available())
     if output_config is not None and rank == 0:
         from analysis.io import write_json
 
         write_json(output_config, ds_config)
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                                  foreach=True)
+    optimizer = make_optimizer(params, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, settings.warmup_fraction, settings.schedule)
     )
@@ -285,7 +297,16 @@ def train(
                 raise TrainingInterrupted(f"SIGTERM: stopped after step {state['step']} of {total_steps} with a "
                                           "checkpoint saved; rerun to resume")
     bar.close()
+    # Peaks over the whole run (the record's other figures are from the first step).
+    state["memory"]["peak_resident_bytes"] = peak_resident_bytes()
+    if device.type == "cuda":
+        state["memory"]["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     tokens = total_steps * per_step * block_size
+    module, state_dict = engine.module, None
+    if settings.zero_stage == 3:
+        # Every rank takes part in the gather; rank 0 receives whole tensors (on CPU), layer by layer.
+        state_dict = engine._zero3_consolidated_16bit_state_dict()
+        module = None
     return {
         "steps": total_steps,
         "blocks": int(len(order)),
@@ -301,23 +322,94 @@ def train(
         "settings": asdict(settings),
         "world_size": world,
         "device": str(device),
-        "module": engine.module,
+        "module": module,  # the trained module (None under ZeRO-3: its parameters are partitioned)
+        "state_dict": state_dict,  # under ZeRO-3, on rank 0: the whole trained tensors
     }
 
 
-def _memory_record(engine, optimizer, params, saved: dict, settings: TrainSettings, block_size: int) -> dict:
+def make_optimizer(params: list, settings: TrainSettings):
+    """AdamW over the trainable parameters: torch's, or under optimizer offload DeepSpeed's CPU Adam
+    (the same update, in AdamW mode, run by its compiled CPU op on the offloaded fp32 partition)."""
+    if not settings.offload_optimizer:
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                 foreach=True)
+    from analysis.lm.ops import cpu_adam_class
+
+    return cpu_adam_class()(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                            adamw_mode=True)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Hugging Face activation checkpointing of every block (non-reentrant, so frozen inputs work)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise PipelineError(f"gradient_checkpointing: {type(base).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False
+
+
+def numel(p: torch.Tensor) -> int:
+    """Elements of a parameter, whole (under ZeRO-3 ``p`` itself is an empty placeholder)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def partition_bytes(engine, optimizer) -> dict:
+    """What DeepSpeed allocated on this rank, read from its own structures: the optimizer's state
+    tensors (AdamW moments), the master copy of the trained parameters it steps (ZeRO's fp32 flat
+    partition, when not the module's own tensors), and under ZeRO-3 the parameter partition."""
     inner = getattr(optimizer, "optimizer", optimizer)
+    module_storages = set()
+    for p in engine.module.parameters():
+        for t in (p, getattr(p, "ds_tensor", None)):
+            if t is not None and t.numel():
+                module_storages.add(t.untyped_storage().data_ptr())
+    # ZeRO-3 fills the inner optimizer's groups only while it steps; ZeRO-1/2 keep them filled.
+    masters = (getattr(optimizer, "fp32_partitioned_groups_flat", None)
+               or getattr(optimizer, "single_partition_of_fp32_groups", None)
+               or [p for group in inner.param_groups for p in group["params"]])
+    master = sum(t.numel() * t.element_size() for t in masters
+                 if t.numel() and t.untyped_storage().data_ptr() not in module_storages)
+    parameters = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor")
+                     else p.numel() * p.element_size() for p in engine.module.parameters())
+    return {"optimizer_state_bytes": optimizer_state_bytes(inner), "master_weight_bytes": int(master),
+            "parameter_partition_bytes": int(parameters)}
+
+
+def peak_resident_bytes() -> int:
+    """The process's peak resident memory (VmHWM), Linux; 0 where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _memory_record(engine, optimizer, params, saved: dict, settings: TrainSettings, block_size: int) -> dict:
+    trainable = sum(numel(p) for p in params)
     record = {
         "per_micro_batch": {"blocks": settings.micro_batch_size, "block_size": block_size},
         "loss": settings.loss,
+        "zero_stage": settings.zero_stage,
+        "offload_optimizer": settings.offload_optimizer,
+        "offload_parameters": settings.offload_parameters,
+        "gradient_checkpointing": settings.gradient_checkpointing,
+        "precision": settings.precision,
+        "world_size": int(engine.world_size),
         "saved_for_backward_bytes": saved["saved_bytes"],
         "saved_for_backward_by_kind_bytes": saved["by_kind"],
         "saved_tensors": saved["saved_tensors"],
-        "trainable_parameters": int(sum(p.numel() for p in params)),
-        "trainable_parameter_bytes": int(sum(p.numel() * p.element_size() for p in params)),
-        "gradient_bytes": int(sum(p.numel() * p.element_size() for p in params)),
-        "optimizer_state_bytes": optimizer_state_bytes(inner),
-        "total_parameters": int(sum(p.numel() for p in engine.module.parameters())),
+        "trainable_parameters": int(trainable),
+        "trainable_parameter_bytes": int(sum(numel(p) * p.element_size() for p in params)),
+        "gradient_bytes": int(sum(numel(p) * p.element_size() for p in params)),
+        "total_parameters": int(sum(numel(p) for p in engine.module.parameters())),
+        **partition_bytes(engine, optimizer),
+        "peak_resident_bytes_after_first_step": peak_resident_bytes(),
     }
     if engine.device.type == "cuda":
         record["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(engine.device))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 KINDS = ("linear inputs", "attention", "activation functions", "normalisation", "embedding",
-         "dropout masks", "loss/head", "other")
+         "dropout masks", "loss/head", "checkpointed block inputs", "other")
 
 _ACTIVATIONS = ("gelu", "relu", "silu", "swish", "tanh", "sigmoid", "activation", "mish", "hardswish")
 
@@ -83,30 +83,48 @@ class SavedTensorMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor):
+        # A parameter is there anyway; under ZeRO-3 its gathered storage is new, so test the tensor too.
+        if not isinstance(t, nn.Parameter) and not hasattr(t, "ds_id"):
+            innermost = self._stack[-1] if self._stack else None
+            self._count(t, kind_of(None if innermost is self.model else innermost), innermost)
+        return t
+
+    def _count(self, t: torch.Tensor, kind: str, module: nn.Module | None) -> None:
         key = _storage_key(t)
         if key not in self._parameters and key not in self._seen:
             self._seen.add(key)
             self.count += 1
-            innermost = self._stack[-1] if self._stack else None
             nbytes = t.untyped_storage().nbytes()
-            self.by_kind[kind_of(None if innermost is self.model else innermost)] += nbytes
-            self.by_module[self._names.get(innermost, "")] += nbytes
-        return t
+            self.by_kind[kind] += nbytes
+            self.by_module[self._names.get(module, "")] += nbytes
 
     def __enter__(self) -> "SavedTensorMeter":
         self._parameters = {_storage_key(p) for p in self.model.parameters()}
         self._parameters |= {_storage_key(b) for b in self.model.buffers()}
         self._names = {module: name for name, module in self.model.named_modules()}
 
-        def pre(module, _args):
+        def pre(module, args, kwargs):
             self._stack.append(module)
+            # Under ZeRO-3 a module's parameters are gathered into fresh storage by DeepSpeed's own
+            # pre-forward hook, which runs before this one: views of them (a transposed weight) are
+            # parameters too.
+            for p in module.parameters(recurse=False):
+                if p.numel():
+                    self._parameters.add(_storage_key(p))
+            # Activation checkpointing keeps a block's inputs instead of what it saves inside (which
+            # is recomputed in backward and never reaches these hooks): count the inputs.
+            if (getattr(module, "gradient_checkpointing", False) and module.training
+                    and torch.is_grad_enabled() and hasattr(module, "_gradient_checkpointing_func")):
+                for value in (*args, *kwargs.values()):
+                    if torch.is_tensor(value) and value.is_floating_point():
+                        self._count(value, "checkpointed block inputs", module)
 
         def post(module, _args, _output):
             if self._stack and self._stack[-1] is module:
                 self._stack.pop()
 
         for module in self.model.modules():
-            self._handles.append(module.register_forward_pre_hook(pre))
+            self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             self._handles.append(module.register_forward_hook(post))
         self._hooks.__enter__()
         return self

@@ -67,10 +67,42 @@ rule tokenize_domain:
         "../scripts/tokenize_domain.py"
 
 
+rule plan:
+    input:
+        model=model_inputs,
+    output:
+        # The model's memory plan: every ZeRO / offload / checkpointing setting, the configured
+        # one, the cheapest that fits (analysis/lm/plan.py). The adapt jobs' resources come from it.
+        json=f"{RESULTS}/plan/{{model}}.json",
+        table=f"{RESULTS}/plan/{{model}}.md",
+    log:
+        f"{LOGS}/plan/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plan/{{model}}.tsv"
+    # Before every adapt job of the model; a setting that does not fit stops here.
+    priority: 40
+    conda:
+        "../../envs/adaptation.yaml"
+    threads: ADAPTATION["threads"]
+    resources:
+        # Two blocks of the model at full width are built and run forward (7B: ~1 GB in bf16).
+        mem_mb=16000,
+        runtime=60,
+    params:
+        model=lambda wildcards: config["models"][wildcards.model],
+        plan=ADAPTATION["plan"],
+        gpus=ADAPTATION["gpus"],
+        modes=MODES,
+    script:
+        "../scripts/plan.py"
+
+
 rule adapt:
     input:
         **token_files("{model}", "{policy}", "{domain}"),
         model=model_inputs,
+        # ancient: a new plan (e.g. a changed GPU size) changes resources, not the trained weights.
+        plan=ancient(f"{RESULTS}/plan/{{model}}.json"),
     output:
         weights=directory(
             f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights"
@@ -90,8 +122,15 @@ rule adapt:
         "../../envs/adaptation.yaml"
     threads: ADAPTATION["threads"]
     resources:
-        mem_mb=model_resource("adapt", "mem_mb"),
-        runtime=model_resource("adapt", "runtime"),
+        mem_mb=lambda wildcards, input: resources_lib.adapt_resource(
+            config, wildcards, input, "mem_mb"
+        ),
+        runtime=lambda wildcards, input, attempt: resources_lib.adapt_resource(
+            config, wildcards, input, "runtime", attempt
+        ),
+        disk_mb=lambda wildcards, input: resources_lib.adapt_resource(
+            config, wildcards, input, "disk_mb"
+        ),
         gpu=model_resource("adapt", "gpus"),
     params:
         launcher=lambda wildcards, resources: launcher(resources.gpu),

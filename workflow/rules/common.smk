@@ -265,6 +265,7 @@ def adapt_spec(wildcards, output, threads):
                 "seen_first_fraction",
                 "checkpoint_every",
                 "loss",
+                "plan",
             )
         },
         "seed": config["seed"],

@@ -1,0 +1,123 @@
+"""The memory plan (analysis/lm/plan.py) against what training really allocates, on CPU.
+
+    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2] [--steps 2]
+
+For each model shape and setting (ZeRO stage, optimizer offload, checkpointing), a fresh process
+trains a randomly initialised model of that shape for a few steps through analysis.lm.train.train
+(DeepSpeed's CPU accelerator) and reports what does not come from the plan:
+
+* DeepSpeed's own partitions, read from its optimizer after the first step: the AdamW moments,
+  the fp32 master partition, the parameter partition (``memory.json``'s fields);
+* the bytes autograd saved for backward at full depth (the plan extrapolates them from depths 1 and 2);
+* the process's peak resident memory (VmHWM) over the run (after the first step the AdamW state
+  exists, so later steps hold everything at once).
+
+and the plan's figure for each, with the ratio. One Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHAPES = {
+    # The demo's model (config.yaml: models.tiny-gpt2.pretrain) at its context length.
+    "demo": {"config": {"model_type": "gpt2", "n_layer": 4, "n_embd": 128, "n_head": 4, "vocab_size": 4096,
+                        "n_positions": 128}, "context": 128, "micro_batch": 8},
+    "gpt2": {"config": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
+                        "n_positions": 1024}, "context": 1024, "micro_batch": 1},
+}
+SETTINGS = [
+    {"zero_stage": 0}, {"zero_stage": 2}, {"zero_stage": 3}, {"zero_stage": 0, "gradient_checkpointing": True},
+    {"zero_stage": 2, "offload_optimizer": True},
+    {"zero_stage": 3, "offload_optimizer": True, "offload_parameters": True, "gradient_checkpointing": True},
+]
+
+
+def child(model_dir: str, setting: dict, context: int, micro_batch: int, steps: int) -> None:
+    """Train in this (fresh) process and print the memory record as JSON."""
+    import logging
+
+    import numpy as np
+    import torch
+
+    from analysis.lm.models import load_causal_lm
+    from analysis.lm.train import TrainSettings, train
+
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(2)
+    model = load_causal_lm(model_dir)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, model.config.vocab_size, (micro_batch * steps, context))
+    settings = TrainSettings(learning_rate=1e-4, micro_batch_size=micro_batch, curve_points=2, **setting)
+    with tempfile.TemporaryDirectory() as checkpoints:
+        result = train(model, blocks, np.arange(len(blocks)), {}, settings, checkpoint_dir=checkpoints,
+                       fingerprint="plan", progress=False)
+    print("RECORD " + json.dumps(result["memory"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        child(spec["model_dir"], spec["setting"], spec["context"], spec["micro_batch"], args.steps)
+        return
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from analysis.lm import plan
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.shapes:
+            shape_spec = SHAPES[name]
+            spec = dict(shape_spec["config"])
+            config = AutoConfig.for_model(spec.pop("model_type"), **spec, bos_token_id=0, eos_token_id=0)
+            model_dir = Path(tmp) / name
+            AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+            shape = plan.model_shape(str(model_dir))
+            target = plan.Target(device="cpu")
+            for setting in SETTINGS:
+                payload = json.dumps({"model_dir": str(model_dir), "setting": setting,
+                                      "context": shape_spec["context"], "micro_batch": shape_spec["micro_batch"]})
+                out = subprocess.run([sys.executable, __file__, "--child", payload, "--steps", str(args.steps)],
+                                     capture_output=True, text=True, cwd=REPO)
+                line = next((l for l in out.stdout.splitlines() if l.startswith("RECORD ")), None)
+                if line is None:
+                    raise SystemExit(f"{name} {setting}: child failed\n{out.stderr[-3000:]}")
+                measured = json.loads(line[len("RECORD "):])
+                s = plan.Setting(**setting)
+                est = plan.plan_model(str(model_dir), "full", {}, micro_batch=shape_spec["micro_batch"],
+                                      context=shape_spec["context"], dtype="float32", loss="model", target=target,
+                                      settings=[s])[0]
+                states = plan.state_bytes(shape, s, "float32")
+                where = {**states["device"], **states["host"]}
+                pairs = {
+                    "AdamW moments": (where["AdamW moments"], measured["optimizer_state_bytes"]),
+                    "fp32 master": (where["fp32 master"], measured["master_weight_bytes"]),
+                    "parameter partition": (where["weights"], measured["parameter_partition_bytes"]),
+                    "saved for backward": (est.activations.total, measured["saved_for_backward_bytes"]),
+                    "peak resident (VmHWM)": (est.host_bytes, measured["peak_resident_bytes"]),
+                }
+                for what, (planned, got) in pairs.items():
+                    rows.append((name, s.describe(), what, planned, got))
+    print("| shape | setting | quantity | plan MB | measured MB | plan / measured |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for name, setting, what, planned, got in rows:
+        ratio = f"{planned / got:.3f}" if got else ("1.000" if not planned else "-")
+        print(f"| {name} | {setting} | {what} | {planned / 1e6:,.1f} | {got / 1e6:,.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
