@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format lock clean-results
+.PHONY: run test lint format lock clean-results deepspeed-ops gpu-wheels
 
 # torch first and pinned: a loose torch spec pulled in by a dependency would fetch CUDA wheels.
 $(STAMP): pyproject.toml envs/requirements.lock
@@ -33,6 +33,14 @@ format: $(STAMP)
 lock: $(STAMP)
 	{ echo '# Pinned by make lock (pip freeze); torch==2.13.0 is installed first, separately.'; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i "^torch=="; } > envs/requirements.lock
+
+# DeepSpeed's CPU Adam (optimizer offload), compiled once into ~/.cache/torch_extensions (~70 s on 2 cores).
+deepspeed-ops: $(STAMP)
+	$(BIN)/python -m analysis build-ops
+
+# Wheels for benchmarks/gpu_check.sh on a GPU machine without network (benchmarks/gpu_wheels.py).
+gpu-wheels: $(STAMP)
+	$(BIN)/python benchmarks/gpu_wheels.py wheels
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -54,13 +54,35 @@ def plan(args: argparse.Namespace) -> int:
     for key in models:
         target = plan_lib.config_target(cfg, key, args.gpu_memory_gb, args.gpus, args.host_memory_gb)
         record = plan_lib.plan_record(cfg, key, target, args.modes, measure_device=args.measure_device)
+        tokens, source = args.tokens, "--tokens"
+        if tokens is None:
+            tokens, source = largest_domain_tokens(args.results, key, cfg)
+        record["tokens_source"] = source
         records.append(record)
         if args.format == "md":
-            print(plan_lib.plan_markdown(record))
+            print(plan_lib.plan_markdown(record, tokens, cfg["adaptation"]["curve_points"],
+                                         cfg["adaptation"]["checkpoint_every"]))
             sys.stdout.flush()
     if args.format == "json":
         print(json.dumps(records, indent=1))
     return 0
+
+
+def largest_domain_tokens(results: str, model: str, cfg: dict) -> tuple[int | None, str]:
+    """Training tokens of the model's largest adaptation domain, from its token files if tokenised."""
+    import json
+    from pathlib import Path
+
+    best, name = None, ""
+    for domain in cfg["domains"]["adaptation"]:
+        path = Path(results) / "tokens" / model / cfg["adaptation"]["join_policy"] / f"{domain}.json"
+        try:
+            tokens = json.loads(path.read_text())["splits"]["train"]["tokens"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if best is None or tokens > best:
+            best, name = tokens, domain
+    return best, f"the largest tokenised domain, {name}" if best else ""
 
 
 def build_ops(args: argparse.Namespace) -> int:
@@ -100,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     planner.add_argument("--modes", nargs="+", help="only these modes (default: adaptation.modes)")
     planner.add_argument("--measure-device", default="cpu", choices=["cpu", "cuda"],
                          help="where the reduced-depth activation measurement runs")
+    planner.add_argument("--tokens", type=int, help="training tokens of a domain, for the runtime estimate "
+                         "(default: the largest adaptation domain already tokenised under --results)")
+    planner.add_argument("--results", default="results", help="results directory (default: results)")
     planner.add_argument("--format", choices=["md", "json"], default="md")
     planner.set_defaults(run=plan)
     ops = sub.add_parser("build-ops", help="compile DeepSpeed's CPU Adam (optimizer offload) into the extension cache")

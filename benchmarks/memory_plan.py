@@ -60,6 +60,13 @@ def child(model_dir: str, setting: dict, context: int, micro_batch: int, steps: 
     with tempfile.TemporaryDirectory() as checkpoints:
         result = train(model, blocks, np.arange(len(blocks)), {}, settings, checkpoint_dir=checkpoints,
                        fingerprint="plan", progress=False)
+    if result["module"] is None:  # ZeRO-3: what adapt does with the gathered tensors
+        plain = load_causal_lm(model_dir)
+        plain.load_state_dict(result["state_dict"], strict=False)
+        del plain
+    from analysis.lm.train import peak_resident_bytes
+
+    result["memory"]["peak_resident_bytes"] = peak_resident_bytes()
     print("RECORD " + json.dumps(result["memory"]))
 
 

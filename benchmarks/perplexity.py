@@ -25,8 +25,8 @@ from analysis.lm.perplexity import token_nll
 
 
 @torch.inference_mode()
-def docs_loop(model, stream: np.ndarray, prefix: int, window: int, stride: int) -> float:
-    sequence = torch.as_tensor(np.concatenate([[prefix], stream]), dtype=torch.long)[None]
+def docs_loop(model, stream: np.ndarray, prefix: int, window: int, stride: int, device: str = "cpu") -> float:
+    sequence = torch.as_tensor(np.concatenate([[prefix], stream]), dtype=torch.long, device=device)[None]
     total, count, prev_end = 0.0, 0, 0
     for begin in range(0, sequence.shape[1], stride):
         end = min(begin + window, sequence.shape[1])

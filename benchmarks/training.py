@@ -1,11 +1,12 @@
 """Training throughput: the DeepSpeed path (analysis.lm.train.train) against a plain PyTorch loop.
 
-    .venv/bin/python benchmarks/training.py [--steps 60] [--repeats 3] [--mode full]
+    .venv/bin/python benchmarks/training.py [--steps 60] [--repeats 3] [--mode full] [--zero-stages 2]
 
 Same model (the demo GPT-2 shape, random weights), same blocks in the same order, same AdamW,
 schedule and gradient clipping, each with the model's own loss and with adaptation.loss: chunked
 (analysis.lm.loss, which recomputes the logits in backward), so the DeepSpeed overhead and the cost of
-not keeping the logits are told apart; runs are interleaved (plain, deepspeed, plain, ...) and medians of
+not keeping the logits are told apart, and ZeRO stages (one process: the same arithmetic on flat
+partitions) against ZeRO-0; runs are interleaved (plain, deepspeed, plain, ...) and medians of
 tokens/s over the training steps are reported (the DeepSpeed figure is train()'s own train_seconds,
 which includes its first-step memory measurement; evaluation is excluded from both).
 """
@@ -56,12 +57,35 @@ def plain_loop(blocks: np.ndarray, order: np.ndarray, settings: TrainSettings, m
     return steps * settings.micro_batch_size * blocks.shape[1] / (time.perf_counter() - start)
 
 
-def deepspeed_loop(blocks: np.ndarray, order: np.ndarray, settings: TrainSettings, mode: str, chunked: bool) -> float:
-    settings = dataclasses.replace(settings, loss="chunked" if chunked else "model")
+def deepspeed_loop(blocks: np.ndarray, order: np.ndarray, settings: TrainSettings, mode: str, chunked: bool,
+                   zero_stage: int = 0) -> float:
+    settings = dataclasses.replace(settings, loss="chunked" if chunked else "model", zero_stage=zero_stage)
     with tempfile.TemporaryDirectory() as checkpoints:
         result = train(model_for(mode), blocks, order, {}, settings, checkpoint_dir=checkpoints,
                        fingerprint="bench", progress=False)
     return result["tokens_per_second"]
+
+
+def adam_rates(parameters: int, repeats: int = 5) -> dict[str, float]:
+    """Parameters updated per second by one AdamW step: DeepSpeed's CPU Adam (what optimizer offload
+    runs on the host) and torch's foreach AdamW, on the same fp32 tensors."""
+    from analysis.lm.ops import cpu_adam_class
+
+    rates = {}
+    for name in ("DeepSpeed CPU Adam", "torch AdamW (foreach)"):
+        params = [torch.nn.Parameter(torch.randn(parameters // 8)) for _ in range(8)]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer = (cpu_adam_class()(params, lr=1e-4, adamw_mode=True) if name.startswith("DeepSpeed")
+                     else torch.optim.AdamW(params, lr=1e-4, foreach=True))
+        optimizer.step()  # allocates the moments
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        rates[name] = parameters / statistics.median(times)
+    return rates
 
 
 def main() -> None:
@@ -70,9 +94,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--mode", default="full")
+    parser.add_argument("--zero-stages", type=int, nargs="*", default=[2], choices=[1, 2, 3],
+                        help="also time train() under these ZeRO stages (no offload), against ZeRO-0")
+    parser.add_argument("--adam-parameters", type=int, default=0,
+                        help="only time one AdamW step over this many parameters (CPU Adam and torch)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
+    if args.adam_parameters:
+        for name, rate in adam_rates(args.adam_parameters).items():
+            print(f"{name:24s} {rate / 1e6:8.1f} M parameters/s ({args.adam_parameters / 1e6:.0f} M, 2 threads)")
+        return
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, SHAPE["vocab_size"], (args.steps * args.micro_batch, SHAPE["n_positions"]))
     order = rng.permutation(len(blocks))
@@ -82,6 +114,9 @@ def main() -> None:
     deepspeed_loop(blocks[: 2 * args.micro_batch], order[: 2 * args.micro_batch] % 2, settings, args.mode, False)
     runs = {"plain PyTorch, model loss": (plain_loop, False), "DeepSpeed train(), model loss": (deepspeed_loop, False),
             "plain PyTorch, chunked loss": (plain_loop, True), "DeepSpeed train(), chunked loss": (deepspeed_loop, True)}
+    for stage in args.zero_stages:
+        runs[f"DeepSpeed train(), model loss, ZeRO-{stage}"] = (
+            lambda *a, stage=stage: deepspeed_loop(*a, zero_stage=stage), False)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, (loop, chunked) in runs.items():
@@ -94,6 +129,9 @@ def main() -> None:
     for loss in ("model", "chunked"):
         print(f"ratio DeepSpeed / plain, {loss} loss: "
               f"{median[f'DeepSpeed train(), {loss} loss'] / median[f'plain PyTorch, {loss} loss']:.3f}")
+    for stage in args.zero_stages:
+        print(f"ratio ZeRO-{stage} / ZeRO-0 (DeepSpeed train(), model loss): "
+              f"{median[f'DeepSpeed train(), model loss, ZeRO-{stage}'] / median['DeepSpeed train(), model loss']:.3f}")
     print(f"cost of the chunked loss (plain loops): "
           f"{median['plain PyTorch, chunked loss'] / median['plain PyTorch, model loss']:.3f}")
 

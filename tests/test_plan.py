@@ -118,8 +118,10 @@ def test_plan_command_prints_every_setting_and_the_cheapest_that_fits(tiny_model
     small = json.loads(capsys.readouterr().out)[0]["modes"]["full"]
     assert small["cheapest"]["setting"] == smallest["setting"] != "ZeRO-0"
     assert not small["configured"]["fits"]
-    assert cli(["plan", str(path), "--gpus", "1", "--gpu-memory-gb", "0.001"]) == 0
-    assert "cheapest that fits: none" in capsys.readouterr().out
+    assert cli(["plan", str(path), "--gpus", "1", "--gpu-memory-gb", "0.001", "--tokens", "5000000"]) == 0
+    text = capsys.readouterr().out
+    assert "cheapest that fits: none" in text
+    assert "5.0 M training tokens (--tokens, 19,531 optimizer steps): about" in text and "runtime=" in text
 
 
 def test_adapt_refuses_a_setting_that_does_not_fit_before_loading_weights(tiny_model, domain_tokens, tmp_path,

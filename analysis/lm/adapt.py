@@ -159,6 +159,10 @@ def adapt(
         curve_points=adaptation["curve_points"], checkpoint_every=adaptation["checkpoint_every"],
         seed=derive_seed(seed, "steps", model_key, domain), loss=adaptation.get("loss", "model"),
     )
+    if settings.offload_optimizer:  # a missing compiled op fails here, in one line, before any weight loads
+        from analysis.lm.ops import load_cpu_adam
+
+        load_cpu_adam()
     if adaptation.get("plan", {}).get("check", False):
         from analysis.lm.plan import check_job
 

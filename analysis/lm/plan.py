@@ -12,7 +12,8 @@ gradients         T w; ZeRO-2/3: T w / N
 fp32 master copy  4 T when the precision is not float32 or ZeRO runs (ZeRO-1/2/3 step a flat
                   fp32 partition of their own; stage 0 in float32 steps the weights themselves);
                   / N under ZeRO
-fp32 gradients    4 T for bfloat16 (DeepSpeed accumulates and reduces them in fp32); / N under ZeRO
+fp32 gradients    4 T for bfloat16 (DeepSpeed accumulates and reduces them in fp32), and under
+                  optimizer offload (the host's fp32 gradient partition); / N under ZeRO
 AdamW moments     8 T; / N under ZeRO
 ================  =====================================================================
 
@@ -21,17 +22,21 @@ in bfloat16): ZeRO-Offload. At bfloat16 and ZeRO-2 this is DeepSpeed's own accou
 ``estimate_zero2_model_states_mem_needs`` (2 P + 18 P / N without offload), printed beside ours.
 
 **Activations** per micro-batch: measured, not modelled. The model's shape is built at depth 1 and
-2 with real (random) weights, one training forward of a micro-batch runs under
+2 with real (random) weights, one training forward of one sequence (times the micro-batch) runs under
 ``SavedTensorMeter`` (every storage autograd keeps for backward, counted once), with activation
 checkpointing on and off; the difference between the two depths is one block's share, and the
 full depth is extrapolated from it (the meta device cannot be used: the meter tells storages apart
 by address). Under ZeRO-3 DeepSpeed's own linear function keeps every linear input, trained or not,
-so partial modes are measured as ``full`` there.
+so partial modes are measured as ``full`` there. Backward needs working memory beyond what is saved:
+the loss's float32 logits gradients and, under checkpointing, one recomputed block
+(``Activations.backward_working_set``).
 
 **Host memory**: the interpreter with torch, transformers and DeepSpeed (``PROCESS_BASE_BYTES``,
 more on a GPU node for the CUDA libraries), the weights as loaded before DeepSpeed moves and
-shards them (P w), everything offloaded, and under ZeRO-3 on rank 0 the gathered whole tensors and
-the plain model they are loaded into when the outputs are written (2 P w). On a CPU run every
+shards them (P w), everything offloaded (under ZeRO-1/2 with two more fp32 copies of the gradient
+partition that the offloaded step keeps, measured), DeepSpeed's ZeRO runtime (``ZERO_RUNTIME_BYTES``, measured),
+and under ZeRO-3 on rank 0 the gathered whole tensors, the plain model they are loaded into when
+the outputs are written and its weights file read through a memory map (3 P w). On a CPU run every
 device byte is host memory too.
 
 **Checkpoints**: each holds the trained weights (T w, the whole model for ``full``) and the
@@ -57,6 +62,9 @@ GB = 1e9
 #: Resident memory of the job's interpreter once torch, transformers and DeepSpeed are imported
 #: (measured ~0.5 GB here on CPU, benchmarks/memory_plan.py); GPU nodes add the CUDA libraries and context on the host.
 PROCESS_BASE_BYTES = {"cpu": 0.5e9, "cuda": 3.0e9}
+#: DeepSpeed's ZeRO optimizer and communication objects on the host, at any model size (measured
+#: 65-105 MB on the demo model, benchmarks/memory_plan.py).
+ZERO_RUNTIME_BYTES = 80e6
 #: CUDA context and allocator slack the plan keeps free on the GPU (not in max_memory_allocated).
 GPU_RESERVE_BYTES = 2.0e9
 #: Dense bf16 peak FLOP/s of common GPUs (vendor data sheets, SXM parts, without sparsity).
@@ -64,8 +72,9 @@ GPU_PEAK_FLOPS = {"a100": 312e12, "h100": 989e12, "h200": 989e12, "l40s": 362e12
 #: Fraction of the peak an adaptation job reaches (stated assumption; benchmarks/gpu_check.py
 #: measures it on a GPU).
 DEFAULT_UTILISATION = 0.35
-#: AdamW updates per second of DeepSpeed's CPU Adam on a node's host cores (stated assumption:
-#: ~1e9/s on 32 AVX-512 cores; this 2-core machine does ~6e7/s).
+#: AdamW updates per second of DeepSpeed's CPU Adam on the host: measured 1.8e9/s on this 2-core
+#: machine over 100 M fp32 parameters (benchmarks/training.py --adam-parameters 100000000; torch's
+#: foreach AdamW: 2.5e8/s); taken as 1e9/s for a node whose memory bandwidth other jobs share.
 HOST_ADAM_PARAMS_PER_S = 1e9
 
 
@@ -211,6 +220,10 @@ class Activations:
     per_block: int
     layers: int
     measured_depths: tuple[int, ...]
+    #: Working memory of backward beyond what is saved: the loss's float32 logits gradients (3 x
+    #: micro-batch x context x vocabulary x 4 bytes with the model's loss, one third of that with
+    #: the chunked loss), and under checkpointing one block's recomputed activations.
+    backward_working_set: int = 0
 
     @property
     def total(self) -> int:
@@ -280,11 +293,19 @@ def _activations_cached(name_or_path, mode, options_key, micro_batch, context, c
     config = model_config(name_or_path)
     options = json.loads(options_key)
     low, high = depths
-    at = {d: saved_bytes_at_depth(config, d, mode, options, micro_batch, context, checkpointing=checkpointing,
-                                  loss=loss, dtype=dtype, device=device) for d in depths}
+    # One sequence, scaled by the micro-batch: every saved tensor is per sequence (the shared causal
+    # mask, if any is saved, is counted micro-batch times: an overestimate of a few kB).
+    at = {d: micro_batch * saved_bytes_at_depth(config, d, mode, options, 1, context, checkpointing=checkpointing,
+                                                loss=loss, dtype=dtype, device=device) for d in depths}
     per_block = (at[high] - at[low]) // (high - low)
+    logits = micro_batch * context * config.vocab_size * 4
+    working = (3 if loss == "model" else 1) * logits
+    if checkpointing:  # backward recomputes one block at a time, with everything it saves
+        plain = _activations_cached(name_or_path, mode, options_key, micro_batch, context, False, loss, dtype,
+                                    device, depths)
+        working += plain.per_block
     return Activations(fixed=at[low] - low * per_block, per_block=per_block, layers=config.num_hidden_layers,
-                       measured_depths=tuple(depths))
+                       measured_depths=tuple(depths), backward_working_set=working)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +355,8 @@ def state_bytes(shape: Shape, setting: Setting, precision: str, processes: int =
     gathered = 2 * shape.largest_layer * w if stage == 3 else 0
     gradients = T * w / (N if stage >= 2 else 1)
     master = 4 * T / (N if zero else 1) if (w != 4 or zero) else 0
-    gradients32 = 4 * T / (N if zero else 1) if w != 4 else 0
+    # bf16: DeepSpeed's fp32 gradient accumulation; offload: the fp32 gradient partition on the host.
+    gradients32 = 4 * T / (N if zero else 1) if (w != 4 or setting.offload_optimizer) else 0
     moments = 8 * T / (N if zero else 1)
     device = {"weights": 0.0 if setting.offload_parameters else weights, "gathered layers": gathered,
               "gradients": gradients, "fp32 master": master, "fp32 gradients": gradients32,
@@ -434,12 +456,21 @@ def precision_for(dtype: str, target: Target) -> str:
 def estimate(shape: Shape, setting: Setting, activations: Activations, precision: str, target: Target,
              mode: str) -> Estimate:
     states = state_bytes(shape, setting, precision, target.processes)
-    device = {**states["device"], "activations": activations.total}
+    device = {**states["device"], "activations": activations.total,
+              "backward working set": activations.backward_working_set}
     w = 2 if precision == "bfloat16" else 4
     host = {"process": PROCESS_BASE_BYTES[target.device], "weights as loaded": shape.total * w,
             **states["host"]}
     if setting.zero_stage == 3:
-        host["whole weights gathered to write outputs"] = 2 * shape.total * w
+        # The gathered tensors, the plain model they are loaded into, and its weights file read
+        # through a memory map (counted as resident while it is read).
+        host["whole weights gathered to write outputs"] = 3 * shape.total * w
+    if setting.zero_stage >= 1:
+        host["DeepSpeed ZeRO runtime"] = ZERO_RUNTIME_BYTES
+    if setting.offload_optimizer and setting.zero_stage < 3:
+        # Measured (benchmarks/memory_plan.py): ZeRO-1/2's offloaded step keeps two more fp32 copies
+        # of the gradient partition on the host (ZeRO-3's offload path does not).
+        host["offload gradient buffers"] = 8 * shape.trainable / target.processes
     if target.device == "cpu":  # the "device" is the host
         host.update({f"{k} (on CPU)": v for k, v in device.items()})
         host.pop("weights as loaded")  # the module's own weights are those
@@ -588,6 +619,8 @@ def plan_record(cfg: Mapping, model_key: str, target: Target, modes: Iterable[st
     configured = setting_of(spec)
     record = {"model": model_key, "name_or_path": spec["name_or_path"], "precision": precision,
               "target": asdict(target), "micro_batch": spec["micro_batch_size"], "context": spec["context_length"],
+              "tokens_per_step": spec["micro_batch_size"] * spec["gradient_accumulation_steps"]
+              * spec["context_length"] * target.processes,
               "configured": asdict(configured), "modes": {}}
     for mode in modes or cfg["adaptation"]["modes"]:
         shape = model_shape(spec["name_or_path"], planned_mode(mode), options)
@@ -638,7 +671,8 @@ def _gb(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
-def plan_markdown(record: Mapping, train_tokens: int | None = None) -> str:
+def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points: int = 5,
+                  checkpoint_every: int = 0) -> str:
     """The plan of one model as Markdown: shape, activations, every candidate, the verdict."""
     target = record["target"]
     where = (f"{target['processes']} x GPU of {target['device_memory_bytes'] / GB:.0f} GB, "
@@ -658,10 +692,25 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None) -> str:
                   f"{_gb(no_ck.total / GB)} GB without checkpointing ({no_ck.per_block / 1e6:,.1f} MB per block), "
                   f"{_gb(ck.total / GB)} GB with",
                   f"- checkpoint: {_gb(plan['checkpoint_bytes'] / GB)} GB each (weights and optimizer state; the disk "
-                  f"holds two while one is written); outputs {_gb(plan['output_bytes'] / GB)} GB", ""]
+                  f"holds two while one is written); outputs {_gb(plan['output_bytes'] / GB)} GB"]
+        cadence = (f"every {checkpoint_every} optimizer steps" if checkpoint_every
+                   else f"at each of the {max(curve_points - 2, 0)} inner curve points")
+        lines.append(f"- checkpoints are written {cadence} (adaptation.checkpoint_every, curve_points); the "
+                     "newest replaces the one before")
         if train_tokens:
-            lines.append(f"- runtime for {train_tokens / 1e6:,.1f} M training tokens: see the resources below")
-        lines += ["| setting | device GB | host GB | activations GB | DeepSpeed's estimate, device GB | fits |",
+            steps = train_tokens // max(1, record["tokens_per_step"])
+            resources = job_resources(record, mode, train_tokens, steps)
+            on_gpu = target["device"] == "cuda"
+            seconds = runtime_seconds(Shape(**params), train_tokens, Setting(**record["configured"]),
+                                      target["peak_flops"] if on_gpu else CPU_FLOPS,
+                                      target["utilisation"] if on_gpu else 1.0, target["processes"], steps)
+            speed = (f"at {target['utilisation']:.0%} of {target['peak_flops'] / 1e12:.0f} TFLOP/s" if on_gpu
+                     else f"at {CPU_FLOPS / 1e9:.0f} GFLOP/s on CPU")
+            lines.append(f"- {train_tokens / 1e6:,.1f} M training tokens ({record.get('tokens_source', 'given')}, "
+                         f"{steps:,} optimizer steps): about {seconds / 3600:,.2f} h {speed} with the configured "
+                         f"setting; its adapt job asks for mem_mb={resources['mem_mb']}, "
+                         f"runtime={resources['runtime']} min, disk_mb={resources['disk_mb']}")
+        lines += ["", "| setting | device GB | host GB | activations GB | DeepSpeed's estimate, device GB | fits |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for row in plan["candidates"]:
             ds = "" if math.isnan(row["deepspeed_device_gb"]) else _gb(row["deepspeed_device_gb"])
@@ -687,6 +736,11 @@ def write_plan(cfg: Mapping, model_key: str, json_path: str | Path, markdown_pat
     ablation = cfg["adaptation"]["join_ablation"]
     if model_key in ablation["models"] and ablation["mode"] not in modes:
         modes.append(ablation["mode"])
+    if cfg["models"][model_key]["offload_optimizer"]:
+        # Build (or find) DeepSpeed's CPU Adam now, once, before the adapt jobs that need it.
+        from analysis.lm.ops import load_cpu_adam
+
+        load_cpu_adam()
     record = plan_record(cfg, model_key, target, modes)
     write_json(json_path, record)
     Path(markdown_path).write_text(plan_markdown(record))
