@@ -162,3 +162,20 @@ def test_job_resources_follow_the_plan_and_the_domain_tokens():
     assert large["runtime"] == 10 + 3000  # 1.5 x 6e9 x 1e10 FLOPs / (1e15 x 0.5) s = 3000 min
     assert small["runtime"] < large["runtime"]
     assert small["disk_mb"] == 2000 + 28000 + 100
+
+
+def test_rule_plan_writes_the_plan_and_stops_a_setting_that_does_not_fit(tiny_model, tmp_path):
+    cfg = config_lib.load("config.yaml")
+    cfg["models"] = {"tiny": {**cfg["models"]["tiny-gpt2"], "name_or_path": str(tiny_model), "context_length": 32}}
+    cfg["models"]["tiny"].pop("pretrain")
+    cfg["adaptation"]["gpus"] = 1
+    record = plan.write_plan(cfg, "tiny", tmp_path / "ok.json", tmp_path / "ok.md")
+    assert set(record["modes"]) == set(cfg["adaptation"]["modes"]) and record["target"]["device"] == "cuda"
+    assert "| ZeRO-3 + offload optimizer | " in (tmp_path / "ok.md").read_text()
+    cfg["adaptation"]["plan"]["gpu_memory_gb"] = 1  # less than the 2 GB the plan keeps free
+    with pytest.raises(PipelineError) as error:
+        plan.write_plan(cfg, "tiny", tmp_path / "small.json", tmp_path / "small.md")
+    message = str(error.value)
+    assert message.startswith("models.tiny (mode full): ZeRO-0 needs") and "1 GB GPU of adaptation.plan" in message
+    assert "no setting fits" in message and "\n" not in message
+    assert (tmp_path / "small.md").is_file()  # the plan is there to read

@@ -110,6 +110,19 @@ def test_every_stage_offload_and_checkpointing_trains_the_weights_of_zero0(tiny_
         assert memory["saved_for_backward_bytes"] == zero0["full"]["memory"]["saved_for_backward_bytes"]
 
 
+def test_a_zero3_run_leaves_torch_linear_as_it_found_it(tiny_model, tmp_path):
+    """ZeRO-3 swaps torch.nn.functional.linear process-wide; afterwards a frozen layer keeps no input again."""
+    from analysis.selection.memory import saved_for_backward
+
+    linear = torch.nn.functional.linear
+    run(tiny_model, tmp_path, zero_stage=3)
+    assert torch.nn.functional.linear is linear
+    model = build(tiny_model, "bias")
+    batch = torch.randint(0, 200, (2, 16))
+    saved = saved_for_backward(model, lambda: model(input_ids=batch, labels=batch).loss)
+    assert saved["by_kind"]["linear inputs"] == 0
+
+
 @pytest.mark.parametrize("mode", ["lora", "sparse"])
 def test_partial_modes_under_zero3_match_zero0(tiny_model, zero0, tmp_path, mode):
     result = run(tiny_model, tmp_path, mode, zero_stage=3, gradient_checkpointing=True)

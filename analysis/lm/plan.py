@@ -710,7 +710,8 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points
                          f"{steps:,} optimizer steps): about {seconds / 3600:,.2f} h {speed} with the configured "
                          f"setting; its adapt job asks for mem_mb={resources['mem_mb']}, "
                          f"runtime={resources['runtime']} min, disk_mb={resources['disk_mb']}")
-        lines += ["", "| setting | device GB | host GB | activations GB | DeepSpeed's estimate, device GB | fits |",
+        lines += ["", "| setting | device GB | host GB | activations GB "
+                      "| DeepSpeed's estimate of the model states, device GB | fits |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for row in plan["candidates"]:
             ds = "" if math.isnan(row["deepspeed_device_gb"]) else _gb(row["deepspeed_device_gb"])
@@ -719,7 +720,8 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points
         mine, best = plan["configured"], plan["cheapest"]
         lines += ["", f"- configured: {mine['setting']}: {_gb(mine['device_gb'])} GB device, "
                       f"{_gb(mine['host_gb'])} GB host: {'fits' if mine['fits'] else 'DOES NOT FIT'}",
-                  f"- cheapest that fits: {best['setting'] if best else 'none (reduce micro_batch_size or use a smaller mode)'}",
+                  "- cheapest that fits: "
+                  + (best["setting"] if best else "none (reduce micro_batch_size or use a smaller mode)"),
                   ""]
     return "\n".join(lines)
 
@@ -757,8 +759,8 @@ def write_plan(cfg: Mapping, model_key: str, json_path: str | Path, markdown_pat
                 best = plan["cheapest"]
                 raise PipelineError(
                     f"models.{model_key} (mode {mode}): {mine['setting']} needs {mine['device_gb']:.1f} GB per GPU "
-                    f"and {mine['host_gb']:.1f} GB of host memory, more than the {target.device_memory_bytes / GB:.0f} GB "
-                    f"GPU of adaptation.plan allows; "
+                    f"and {mine['host_gb']:.1f} GB of host memory, more than the "
+                    f"{target.device_memory_bytes / GB:.0f} GB GPU of adaptation.plan allows; "
                     + (f"{best['setting']} fits ({best['device_gb']:.1f} GB)" if best else "no setting fits")
                     + f" (results/plan/{model_key}.md lists them all)")
     return record

@@ -18,6 +18,7 @@ from the newest one; the data order is a function of the seed and each step rese
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -175,6 +176,23 @@ def _read_fingerprint(directory: Path) -> str | None:
     return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
 
 
+def _restoring_functional_linear(function):
+    """ZeRO-3 replaces ``torch.nn.functional.linear`` process-wide with its own function, which keeps
+    every linear input for backward ("This will persist unless manually reset"): put it back after
+    the run, so that later work in the process (the saved-tensor meter, the next run) sees torch's."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        linear = torch.nn.functional.linear
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.nn.functional.linear = linear
+
+    return wrapper
+
+
+@_restoring_functional_linear
 def train(
     model,
     blocks: np.ndarray,
