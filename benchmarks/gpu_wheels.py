@@ -5,7 +5,8 @@
 The GPU machine brings its own Python and CUDA torch; what the checks import beyond that is taken
 from envs/requirements.lock at the pinned versions: pure-Python wheels once (DeepSpeed publishes
 only a source distribution: its wheel is built here, without ops, which it compiles on first use),
-binary wheels for CPython 3.11, 3.12 and 3.13 on manylinux x86-64 (numpy 2.4 has none for 3.10); numpy comes with the machine's torch.
+binary wheels for CPython 3.11, 3.12 and 3.13 on manylinux x86-64 (numpy 2.4 has none for 3.10;
+numpy comes with the machine's torch).
 """
 
 from __future__ import annotations
