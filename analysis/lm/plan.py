@@ -633,8 +633,10 @@ def plan_record(cfg: Mapping, model_key: str, target: Target, modes: Iterable[st
         record["modes"][mode] = {
             "parameters": {"total": shape.total, "trainable": shape.trainable, "layers": shape.layers,
                            "largest_layer": shape.largest_layer},
-            "activations_per_micro_batch": {"without_checkpointing": asdict(estimates[0].activations),
-                                            "with_checkpointing": asdict(estimates[3].activations)},
+            "activations_per_micro_batch": {
+                "without_checkpointing": asdict(estimates[settings.index(Setting(0))].activations),
+                "with_checkpointing": asdict(estimates[settings.index(Setting(0, gradient_checkpointing=True))]
+                                             .activations)},
             "checkpoint_bytes": checkpoint_bytes(shape, precision, mode),
             "output_bytes": output_bytes(shape, precision, mode),
             "flops_per_token": (8 if configured.gradient_checkpointing else 6) * shape.total,
@@ -654,16 +656,23 @@ def job_resources(record: Mapping, mode: str, train_tokens: int | None, steps: i
     mem_mb = math.ceil((mode_plan["configured"]["host_gb"] * GB * 1.2 + 1e9) / 1e6)
     runtime = 60
     if train_tokens:
-        on_gpu = target["device"] == "cuda"
-        seconds = runtime_seconds(Shape(**mode_plan["parameters"]), train_tokens, Setting(**record["configured"]),
-                                  target["peak_flops"] if on_gpu else CPU_FLOPS,
-                                  target["utilisation"] if on_gpu else 1.0, target["processes"], steps or 0)
-        runtime = math.ceil(1.5 * seconds / 60) + 10
+        runtime = math.ceil(1.5 * record_runtime_seconds(record, mode, train_tokens, steps or 0) / 60) + 10
     disk_mb = math.ceil((mode_plan["output_bytes"] + 2 * mode_plan["checkpoint_bytes"]) / 1e6) + 100
     return {"mem_mb": mem_mb, "runtime": runtime, "disk_mb": disk_mb}
 
 
-#: FLOP/s of a CPU adapt job (measured ~25 GFLOP/s on 2 cores for the demo model; taken as 10).
+def record_runtime_seconds(record: Mapping, mode: str, train_tokens: int, steps: int) -> float:
+    """``runtime_seconds`` of a plan record's configured setting on its target."""
+    target = record["target"]
+    on_gpu = target["device"] == "cuda"
+    return runtime_seconds(Shape(**record["modes"][mode]["parameters"]), train_tokens,
+                           Setting(**record["configured"]), target["peak_flops"] if on_gpu else CPU_FLOPS,
+                           target["utilisation"] if on_gpu else 1.0, target["processes"], steps)
+
+
+#: Model FLOP/s of a CPU adapt job: benchmarks/training.py measured 6,280 tokens/s for the demo
+#: shape (1.3 M parameters) on 2 cores, 6 x 1.3 M x 6,280 = 50 GFLOP/s; taken as 10 for larger
+#: models and shared nodes.
 CPU_FLOPS = 10e9
 
 
@@ -700,12 +709,9 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points
         if train_tokens:
             steps = train_tokens // max(1, record["tokens_per_step"])
             resources = job_resources(record, mode, train_tokens, steps)
-            on_gpu = target["device"] == "cuda"
-            seconds = runtime_seconds(Shape(**params), train_tokens, Setting(**record["configured"]),
-                                      target["peak_flops"] if on_gpu else CPU_FLOPS,
-                                      target["utilisation"] if on_gpu else 1.0, target["processes"], steps)
-            speed = (f"at {target['utilisation']:.0%} of {target['peak_flops'] / 1e12:.0f} TFLOP/s" if on_gpu
-                     else f"at {CPU_FLOPS / 1e9:.0f} GFLOP/s on CPU")
+            seconds = record_runtime_seconds(record, mode, train_tokens, steps)
+            speed = (f"at {target['utilisation']:.0%} of {target['peak_flops'] / 1e12:.0f} TFLOP/s"
+                     if target["device"] == "cuda" else f"at {CPU_FLOPS / 1e9:.0f} GFLOP/s on CPU")
             lines.append(f"- {train_tokens / 1e6:,.1f} M training tokens ({record.get('tokens_source', 'given')}, "
                          f"{steps:,} optimizer steps): about {seconds / 3600:,.2f} h {speed} with the configured "
                          f"setting; its adapt job asks for mem_mb={resources['mem_mb']}, "
