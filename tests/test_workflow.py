@@ -27,11 +27,13 @@ def job_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in distributed} | {"PYTHONUNBUFFERED": "1"}
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
     if configfile is not None:  # last: --configfile takes every following word as a file
         command += ["--configfile", str(configfile)]
-    result = subprocess.run(command, capture_output=True, text=True, env=job_environment(), timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=job_environment(), timeout=timeout)
     result.output = result.stdout + result.stderr  # Snakemake prints errors on either stream
     return result
 
