@@ -25,12 +25,15 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Columns `show` filters on, one option each (--train-policy for train_policy).
+SHOW_FILTERS = ("model", "mode", "train_policy", "domain", "corpus", "portion", "split", "distance_estimator")
+
+
 def show(args: argparse.Namespace) -> int:
     from analysis.tables.show import load_table, render, select
 
     frame = load_table(args.results, args.table, model=args.model, mode=args.mode, domain=args.domain)
-    filters = {key: getattr(args, key)
-               for key in ("model", "mode", "train_policy", "domain", "corpus", "portion", "split")}
+    filters = {key: getattr(args, key) for key in SHOW_FILTERS}
     frame = select(frame, filters, args.table)
     columns = args.columns.split(",") if args.columns else None
     sys.stdout.write(render(frame, args.format, columns=columns, limit=args.limit))
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("table", choices=["similarity", "perplexity", "correlation", "join_policy", "tokens"],
                        help="tokens: the token-level summary, or with --domain that domain's per-token table")
     table.add_argument("--results", default="results", help="results directory (default: results)")
-    for key in ("model", "mode", "train_policy", "domain", "corpus", "portion", "split"):
+    for key in SHOW_FILTERS:
         table.add_argument(f"--{key.replace('_', '-')}", dest=key, help=f"keep rows whose {key} is this")
     table.add_argument("--columns", help="comma-separated columns to print (default: all)")
     table.add_argument("--limit", type=int, help="print at most this many rows")

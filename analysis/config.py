@@ -48,6 +48,18 @@ def _key_path(parts: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts) or "<top level>"
 
 
+#: Keys that existed in earlier versions, and what took their place.
+REMOVED_KEYS = {
+    "similarity.interval": (
+        "removed: every interval is now the estimate -/+ z x its standard deviation over random halves of "
+        "the sets, and the bias that the basic interval corrected is removed by the corrected estimators "
+        "(mmd_unbiased, fd_corrected; similarity.estimator picks what the figures draw)"
+    ),
+    "similarity.bootstrap_resamples": "renamed similarity.resamples (random halves, no longer a bootstrap)",
+    "similarity.bootstrap_blocks": "renamed similarity.blocks",
+}
+
+
 def _describe(error: jsonschema.ValidationError, source: str) -> str:
     """One readable line for a schema violation, naming the key and what was expected."""
     where = _key_path(error.absolute_path)
@@ -57,7 +69,10 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         pieces = []
         for key in extra:
             full = _key_path([*error.absolute_path, key])
-            pieces.append(f"unknown key '{full}'{catalogue.did_you_mean(key, allowed)}")
+            if full in REMOVED_KEYS:
+                pieces.append(f"'{full}' was {REMOVED_KEYS[full]}")
+            else:
+                pieces.append(f"unknown key '{full}'{catalogue.did_you_mean(key, allowed)}")
         return f"{source}: " + "; ".join(pieces)
     if error.validator == "required":
         return f"{source}: missing required key under '{where}': {error.message}"
@@ -89,6 +104,14 @@ def validate(config: dict, schema: Mapping | None = None, source: str = "config"
         raise ConfigError("\n".join(_describe(e, source) for e in errors))
     _cross_check(config, source)
     return config
+
+
+def section_defaults(section: str, schema: Mapping | None = None) -> dict:
+    """The schema's defaults of one top-level section (what a run that sets nothing there uses)."""
+    schema = schema if schema is not None else load_schema()
+    values: dict = {}
+    _DefaultFillingValidator(schema["properties"][section]).validate(values)
+    return values
 
 
 def load(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:

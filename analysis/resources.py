@@ -26,9 +26,10 @@ stated where they could not be:
   memory-mapped corpus that the job reads count as its resident memory too, but they are clean
   page cache, dropped under pressure.
 * ``distance``: the corpus statistics (118 MB) and the domain's (the same), each with a copy of
-  the upper triangles of its block products (half that), a domain chunk and the bootstrap's d x d
-  temporaries; time is dominated by the bootstrap, 30-45 ms per resample at d = 384 on one core
-  (two resampled covariances, a Cholesky factor, two products, eigenvalues).
+  the upper triangles of its block products (half that), a domain chunk and the d x d temporaries
+  of the subsamples; time is dominated by Fréchet distances of subsamples, 30-45 ms each at
+  d = 384 on one core (two subsample covariances, a Cholesky factor, two products, eigenvalues):
+  one per random half (similarity.resamples) and (points - 1) x orderings for the FD extrapolation.
 * ``embed``: tokens per second of all-MiniLM-L6-v2 (256-token texts, the worst case: most web
   documents are truncated there). CPU: ~1,500 tokens/s per thread on this 2-core machine under load
   (benchmarks/embedding.py); taken as 1,000. GPU: not measured here (no GPU); stated as 100,000
@@ -107,7 +108,7 @@ def sample_domain_runtime(text_bytes: int) -> int:
 MB = 1e6
 INTERPRETER_MB = 400  # python, numpy, the analysis package
 STATISTICS_FLOPS = 20e9  # block-wise outer products, one core
-BOOTSTRAP_SECONDS_PER_RESAMPLE_AT_384 = 0.045  # one core; scales as d^3
+SECONDS_PER_SUBSAMPLE_FD_AT_384 = 0.045  # one core; scales as d^3
 CPU_TOKENS_PER_SECOND_PER_THREAD = 1_000
 GPU_TOKENS_PER_SECOND = 100_000
 EMBED_BASE_MB = {"cpu": 2500, "gpu": 4000}  # torch, the model; on a GPU also the CUDA context
@@ -158,11 +159,19 @@ def distance_mem_mb(domain_rows: int, dim: int, blocks: int, chunk_rows: int) ->
     return math.ceil(INTERPRETER_MB + 1.25 * (statistics + chunks + temporaries + 3 * domain_rows * 8) / MB)
 
 
-def distance_runtime_min(domain_rows: int, dim: int, resamples: int, attempt: int = 1) -> int:
-    """Runtime of ``distance`` (minutes; x attempt): the bootstrap plus the domain pass, 3x margin."""
-    bootstrap = resamples * BOOTSTRAP_SECONDS_PER_RESAMPLE_AT_384 * (dim / 384) ** 3
+def distance_runtime_min(domain_rows: int, dim: int, subsamples: int, attempt: int = 1) -> int:
+    """Runtime of ``distance`` (minutes; x attempt): the subsamples' Fréchet distances plus the domain
+    pass, 3x margin."""
+    distances = subsamples * SECONDS_PER_SUBSAMPLE_FD_AT_384 * (dim / 384) ** 3
     domain = 2 * domain_rows * dim * dim / STATISTICS_FLOPS
-    return math.ceil(2 + 3 * (bootstrap + domain) / 60) * attempt
+    return math.ceil(2 + 3 * (distances + domain) / 60) * attempt
+
+
+def distance_subsamples(similarity: dict) -> int:
+    """How many subsample Fréchet distances a ``distance`` job computes (at most: the extrapolation
+    is skipped for small domains)."""
+    extrapolation = similarity["fd_extrapolation"]
+    return similarity["resamples"] + (extrapolation["points"] - 1) * extrapolation["orderings"]
 
 
 def embed_mem_mb(unit_texts: int, rows: int, gpus: int) -> int:
@@ -218,7 +227,7 @@ def _corpus_shape(config, wildcards, input) -> tuple[int, int]:
 def statistics_mem(config, wildcards, input) -> int:
     similarity = config["similarity"]
     return statistics_mem_mb(
-        *_corpus_shape(config, wildcards, input), similarity["bootstrap_blocks"], similarity["chunk_rows"]
+        *_corpus_shape(config, wildcards, input), similarity["blocks"], similarity["chunk_rows"]
     )
 
 
@@ -232,11 +241,11 @@ def _domain_shape(config, input) -> tuple[int, int]:
 
 def distance_mem(config, wildcards, input) -> int:
     similarity = config["similarity"]
-    return distance_mem_mb(*_domain_shape(config, input), similarity["bootstrap_blocks"], similarity["chunk_rows"])
+    return distance_mem_mb(*_domain_shape(config, input), similarity["blocks"], similarity["chunk_rows"])
 
 
 def distance_runtime(config, wildcards, input, attempt) -> int:
-    return distance_runtime_min(*_domain_shape(config, input), config["similarity"]["bootstrap_resamples"], attempt)
+    return distance_runtime_min(*_domain_shape(config, input), distance_subsamples(config["similarity"]), attempt)
 
 
 # ------------------------------------------------------------------------------------------------

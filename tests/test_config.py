@@ -83,6 +83,22 @@ def test_misspelt_key_is_named_with_a_suggestion():
         config_lib.validate(cfg, source="my.yaml")
 
 
+def test_a_removed_or_renamed_key_says_what_took_its_place():
+    cfg = demo()
+    cfg["similarity"].update(interval="basic", bootstrap_resamples=100)
+    with pytest.raises(ConfigError) as info:
+        config_lib.validate(cfg, source="old.yaml")
+    assert "old.yaml: 'similarity.bootstrap_resamples' was renamed similarity.resamples" in str(info.value)
+    assert "'similarity.interval' was removed: every interval is now the estimate -/+ z" in str(info.value)
+
+
+def test_section_defaults_are_the_schemas():
+    defaults = config_lib.section_defaults("similarity")
+    assert defaults["fd_extrapolation"] == {"points": 5, "smallest_fraction": 0.25, "texts_per_dimension": 4,
+                                            "orderings": 8}
+    assert (defaults["resamples"], defaults["blocks"], defaults["estimator"]) == (200, 100, "corrected")
+
+
 def test_misspelt_top_level_key():
     cfg = demo()
     cfg["corpra"] = cfg.pop("corpora")

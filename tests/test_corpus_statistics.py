@@ -1,12 +1,13 @@
 """Corpus statistics computed once: the distance JSON equals the one computed from the corpus itself.
 
-The reference below is the ``distance`` computation as it was before rule corpus_statistics existed,
-kept verbatim (moments from the corpus array, then one resample after another), so that the new path
-(moments saved by one job, loaded by another) is checked against the old numbers and not against
-itself. They are equal to 1e-12 and in fact bit for bit: the saved float64 arrays round-trip exactly
-and the bootstrap's arithmetic is unchanged. It must stay so: with a singular covariance (n <= d,
-e.g. the demo's 300-text domains) the square roots of eigenvalues that are zero up to rounding move
-FD by ~1e-9 for a change of summation order in the resampled covariances.
+The reference below is the ``distance`` computation as it was before rule corpus_statistics existed
+(moments from the corpus array, in the job), with the intervals' arithmetic written out (one random
+half after another, the full block products summed by tensordot), so that the new path (moments
+saved by one job, loaded by another; half the block products read) is checked against independent
+numbers and not against itself. They are equal to 1e-12 and in fact bit for bit: the saved float64
+arrays round-trip exactly and the arithmetic is the same. It must stay so: with a singular covariance
+(n <= d, e.g. the demo's 300-text domains) the square roots of eigenvalues that are zero up to
+rounding move FD by ~1e-9 for a change of summation order in the subsample covariances.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from analysis.similarity import distances as dist
 from analysis.similarity import statistics as stats
 
 BASE_SEED = 20241121
+EXTRAPOLATION = dist.Extrapolation(points=5, smallest_fraction=0.25, texts_per_dimension=2.0, orderings=4)
 
 
 def embedding_like(n, d, seed, shift=0.0):
@@ -36,9 +38,11 @@ def embedding_like(n, d, seed, shift=0.0):
     return x.astype(np.float32)
 
 
-def old_resample(moments, rng):
+def old_half(moments, rng):
+    """A random half of the blocks' mean, covariance and size, written out as the record's arithmetic."""
     m = len(moments.block_counts)
-    weights = rng.multinomial(m, np.full(m, 1.0 / m)).astype(np.float64)
+    weights = np.zeros(m)
+    weights[rng.permutation(m)[: m // 2]] = 1.0
     n = float(weights @ moments.block_counts)
     shift = (weights @ moments.block_sums) / n
     outer = np.tensordot(weights, moments.block_outer, axes=1)
@@ -46,25 +50,23 @@ def old_resample(moments, rng):
     return moments.mean + shift, cov
 
 
-def old_bootstrap(corpus, domain, *, resamples, confidence, seed, method):
+def old_intervals(corpus, domain, *, resamples, confidence, seed):
     rng = np.random.default_rng(seed)
     mmd, fd = np.empty(resamples), np.empty(resamples)
     for r in range(resamples):
-        mean_c, cov_c = old_resample(corpus, rng)
-        mean_d, cov_d = old_resample(domain, rng)
+        mean_c, cov_c = old_half(corpus, rng)
+        mean_d, cov_d = old_half(domain, rng)
         mmd[r] = dist.mmd_linear(mean_c, mean_d)
         fd[r] = dist.frechet_distance(mean_c, cov_c, mean_d, cov_d)
     mmd_hat = dist.mmd_linear(corpus.mean, domain.mean)
     fd_hat = dist.frechet_distance(corpus.mean, corpus.cov, domain.mean, domain.cov)
     return {
-        "mmd_ci": dist.bootstrap_interval(mmd_hat, mmd, confidence, method),
-        "fd_ci": dist.bootstrap_interval(fd_hat, fd, confidence, method),
-        "mmd_bootstrap_bias": float(mmd.mean() - mmd_hat),
-        "fd_bootstrap_bias": float(fd.mean() - fd_hat),
+        "mmd_ci": dist.normal_interval(mmd_hat, mmd.std(ddof=1), confidence),
+        "fd_ci": dist.normal_interval(fd_hat, fd.std(ddof=1), confidence),
     }
 
 
-def old_record(corpus, domain, data_c, data_d, *, resamples, blocks, confidence, chunk_rows, interval):
+def old_record(corpus, domain, data_c, data_d, *, resamples, blocks, confidence, chunk_rows, extrapolation):
     """The numbers of ``compare`` before the statistics stage, from both embedding arrays."""
     seed = derive_seed(BASE_SEED, "distance", corpus, domain)
     moments_c = dist.compute_moments(
@@ -76,18 +78,16 @@ def old_record(corpus, domain, data_c, data_d, *, resamples, blocks, confidence,
     mmd = dist.mmd_linear(moments_c.mean, moments_d.mean)
     trace_c, trace_d = float(moments_c.cov.trace()), float(moments_d.cov.trace())
     trace_sqrt = dist.trace_sqrt_product(moments_c.cov, moments_d.cov)
-    intervals = old_bootstrap(moments_c, moments_d, resamples=resamples, confidence=confidence, seed=seed,
-                              method=interval)
+    intervals = old_intervals(moments_c, moments_d, resamples=resamples, confidence=confidence, seed=seed)
     return {
         "n_corpus": moments_c.n, "n_domain": moments_d.n, "dimension": moments_c.dim,
         "mmd": mmd, "mmd_ci": intervals["mmd_ci"],
         "fd": mmd + trace_c + trace_d - 2.0 * trace_sqrt, "fd_ci": intervals["fd_ci"],
-        "bootstrap_bias": {"mmd": intervals["mmd_bootstrap_bias"], "fd": intervals["fd_bootstrap_bias"]},
         "fd_terms": {"mean_term": mmd, "trace_corpus": trace_c, "trace_domain": trace_d,
                      "trace_sqrt_product": trace_sqrt},
         "covariance": {"corpus": dist.covariance_note(f"corpus {corpus}", moments_c),
                        "domain": dist.covariance_note(f"domain {domain}", moments_d)},
-        "bootstrap": {"blocks_corpus": len(moments_c.block_counts), "blocks_domain": len(moments_d.block_counts),
+        "intervals": {"blocks_corpus": len(moments_c.block_counts), "blocks_domain": len(moments_d.block_counts),
                       "seed": seed},
     }
 
@@ -128,13 +128,12 @@ def corpus_files(tmp_path):
     return {"data": data, "npy": npy, "meta": meta, "record": record, **out}
 
 
-# n_domain: well above d; below d (singular covariance, noted); below the block count (row bootstrap).
-@pytest.mark.parametrize("n_domain, interval", [(3000, "basic"), (40, "basic"), (90, "percentile")])
-def test_distance_from_saved_statistics_equals_the_distance_from_the_corpus(tmp_path, corpus_files, n_domain,
-                                                                           interval):
+# n_domain: well above d; below d (singular covariance, noted); below the block count (rows as blocks).
+@pytest.mark.parametrize("n_domain", [3000, 40, 90])
+def test_distance_from_saved_statistics_equals_the_distance_from_the_corpus(tmp_path, corpus_files, n_domain):
     domain = embedding_like(n_domain, 48, 1, shift=0.3)
     npy_d, meta_d = write_embeddings(tmp_path, "domains", "hep-ex", domain)
-    settings = dict(resamples=60, blocks=100, confidence=0.9, chunk_rows=1000, interval=interval)
+    settings = dict(resamples=60, blocks=100, confidence=0.9, chunk_rows=1000, extrapolation=EXTRAPOLATION)
     new = compare_lib.compare(
         corpus="web", domain="hep-ex", portion="s2orc",
         corpus_statistics=corpus_files["statistics"], corpus_statistics_metadata=corpus_files["statistics_metadata"],
@@ -170,7 +169,7 @@ def test_statistics_of_other_embeddings_are_refused_with_the_file_named(tmp_path
         corpus="web", domain="hep-ex", portion="s2orc", corpus_statistics=corpus_files["statistics"],
         corpus_statistics_metadata=corpus_files["statistics_metadata"], domain_embeddings=npy_d,
         domain_metadata=meta_d, output=tmp_path / "d.json", resamples=10, blocks=100, confidence=0.9,
-        chunk_rows=1000, base_seed=BASE_SEED,
+        chunk_rows=1000, base_seed=BASE_SEED, extrapolation=EXTRAPOLATION,
     )
     # The corpus was embedded again from another sample of the same size, or with more texts.
     meta = json.loads(corpus_files["meta"].read_text())

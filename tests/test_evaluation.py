@@ -91,9 +91,11 @@ def test_correlations_match_scipy_and_are_undefined_for_too_few_domains():
     mmd = rng.random(8)
     perplexity = pd.DataFrame({"model": "m", "mode": "full", "train_policy": "keep", "domain": domains, "ppl_change": change,
                                "portion": ["wiki"] * 6 + ["s2orc"] * 2})
-    distance = pd.DataFrame({"corpus": "c", "domain": domains, "portion": "x", "mmd": mmd, "fd": 2 * mmd + 1})
-    frame = ppl_tables.correlations(perplexity, distance, {"m": "c"}).set_index("portion")
-    assert frame.loc["all", "n"] == 8 and bool(frame.loc["all", "pretraining_corpus"])
+    distance = pd.DataFrame({"corpus": "c", "domain": domains, "portion": "x", "mmd": mmd, "fd": 2 * mmd + 1,
+                             "mmd_unbiased": mmd - 0.5, "fd_corrected": np.nan})
+    both = ppl_tables.correlations(perplexity, distance, {"m": "c"})
+    frame = both[both["distance_estimator"] == "plugin"].set_index("portion")
+    assert frame.loc["all", "n"] == frame.loc["all", "n_fd"] == 8 and bool(frame.loc["all", "pretraining_corpus"])
     assert frame.loc["all", "spearman_mmd"] == pytest.approx(stats.spearmanr(mmd, change).statistic)
     assert frame.loc["all", "pearson_mmd_p"] == pytest.approx(stats.pearsonr(mmd, change).pvalue)
     # FD is an increasing linear function of MMD here: the same rank and linear correlation.
@@ -101,6 +103,31 @@ def test_correlations_match_scipy_and_are_undefined_for_too_few_domains():
     assert frame.loc["all", "pearson_fd"] == pytest.approx(frame.loc["all", "pearson_mmd"])
     assert frame.loc["wiki", "n"] == 6 and not math.isnan(frame.loc["wiki", "spearman_mmd"])
     assert frame.loc["s2orc", "n"] == 2 and math.isnan(frame.loc["s2orc", "spearman_mmd"])
+    # The corrected rows: the unbiased MMD (a shift of the plug-in here: the same correlations), and no
+    # FD correlation where no domain has a corrected FD.
+    corrected = both[both["distance_estimator"] == "corrected"].set_index("portion")
+    assert corrected.loc["all", "spearman_mmd"] == pytest.approx(frame.loc["all", "spearman_mmd"])
+    assert corrected.loc["all", "n"] == 8 and corrected.loc["all", "n_fd"] == 0
+    assert math.isnan(corrected.loc["all", "spearman_fd"])
+
+
+def test_corrected_fd_correlation_leaves_out_the_domains_without_one():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    domains = [f"d{i}" for i in range(8)]
+    change, fd = rng.normal(size=8), rng.random(8)
+    corrected = fd.copy()
+    corrected[[1, 5]] = np.nan  # two domains below the extrapolation's smallest size
+    perplexity = pd.DataFrame({"model": "m", "mode": "full", "train_policy": "keep", "domain": domains,
+                               "ppl_change": change, "portion": "wiki"})
+    distance = pd.DataFrame({"corpus": "c", "domain": domains, "portion": "x", "mmd": fd, "fd": fd,
+                             "mmd_unbiased": fd, "fd_corrected": corrected})
+    frame = ppl_tables.correlations(perplexity, distance, {})
+    row = frame[(frame["distance_estimator"] == "corrected") & (frame["portion"] == "all")].iloc[0]
+    keep = ~np.isnan(corrected)
+    assert (row["n"], row["n_fd"]) == (8, 6)
+    assert row["spearman_fd"] == pytest.approx(stats.spearmanr(corrected[keep], change[keep]).statistic)
 
 
 def test_spearman_p_value_is_exact_for_few_domains():
@@ -110,7 +137,8 @@ def test_spearman_p_value_is_exact_for_few_domains():
         pd.DataFrame({"model": "m", "mode": "full", "train_policy": "keep", "domain": list("abcd"), "portion": "wiki",
                       "ppl_change": [1.0, 2.0, 3.0, 4.0]}),
         pd.DataFrame({"corpus": "c", "domain": list("abcd"), "portion": "x", "mmd": [0.1, 0.2, 0.3, 0.4],
-                      "fd": [0.4, 0.1, 0.3, 0.2]}), {})
+                      "fd": [0.4, 0.1, 0.3, 0.2], "mmd_unbiased": [0.1, 0.2, 0.3, 0.4],
+                      "fd_corrected": [0.4, 0.1, 0.3, 0.2]}), {})
     row = frame.iloc[0]
     assert row["spearman_mmd"] == 1.0 and row["spearman_mmd_p"] == pytest.approx(2 / 24)  # of 4! pairings
     # Ten domains: beyond the exact limit, scipy's approximation.

@@ -13,8 +13,9 @@ from analysis import resources as res
 CONFIG = {
     "corpora": {"web": {"n_texts": 930_000}},
     "sampling": {"domain_max_texts": 50_000},
-    "similarity": {"unit_texts": 16384, "gpus": 1, "max_seq_length": 256, "bootstrap_blocks": 100,
-                   "chunk_rows": 16384, "bootstrap_resamples": 200},
+    "similarity": {"unit_texts": 16384, "gpus": 1, "max_seq_length": 256, "blocks": 100,
+                   "chunk_rows": 16384, "resamples": 200,
+                   "fd_extrapolation": {"points": 5, "orderings": 8}},
 }
 
 
@@ -64,7 +65,7 @@ def test_rule_functions_use_the_inputs_when_they_exist_and_the_config_before(tmp
     assert res.statistics_runtime(CONFIG, wildcards, statistics_input, 2) == res.statistics_runtime_min(10, 768, 2)
     distance_input = SimpleNamespace(domain=str(domain))
     assert res.distance_mem(CONFIG, wildcards, distance_input) == res.distance_mem_mb(5, 768, 100, 16384)
-    assert res.distance_runtime(CONFIG, wildcards, distance_input, 1) == res.distance_runtime_min(5, 768, 200, 1)
+    assert res.distance_runtime(CONFIG, wildcards, distance_input, 1) == res.distance_runtime_min(5, 768, 232, 1)
     domains = SimpleNamespace(kind="domains", name="hep-ex")
     assert res.sample_rows(CONFIG, "domains", "hep-ex", tmp_path / "nope.parquet") == 50_000
     assert res.embed_mem(CONFIG, domains, [str(tmp_path / "nope.parquet")]) == res.embed_mem_mb(16384, 50_000, 1)

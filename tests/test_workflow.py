@@ -77,7 +77,8 @@ def small_demo_config(path: Path, **changes) -> Path:
 def demo_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
     configfile = small_demo_config(workdir / "config.yaml")
-    result = snakemake(workdir, configfile=configfile)
+    # ~8 minutes on 2 quiet cores; the limit only guards against a hang.
+    result = snakemake(workdir, configfile=configfile, timeout=1500)
     assert result.returncode == 0, result.output[-4000:]
     return workdir, configfile
 
@@ -100,9 +101,12 @@ def test_demo_similarity_wiki_like_domains_are_closer_than_s2orc_like(demo_run):
     workdir, _ = demo_run
     table = pd.read_csv(workdir / "results/tables/similarity.tsv", sep="\t")
     assert len(table) == 6 and set(table["portion"]) == {"wiki", "s2orc"}
-    for measure in ("mmd", "fd"):
+    for measure in ("mmd", "fd", "mmd_unbiased"):
         by_portion = table.groupby("portion")[measure]
         assert by_portion.max()["wiki"] < by_portion.min()["s2orc"], table[["domain", measure]]
+        assert ((table[f"{measure}_ci_low"] < table[measure]) & (table[measure] < table[f"{measure}_ci_high"])).all()
+    # The demo's domains (100 texts at d = 384) are below the FD extrapolation's smallest size.
+    assert table["fd_corrected"].isna().all() and table["note"].str.contains("no corrected FD: the domain holds").all()
     assert (workdir / "results/tables/similarity.md").read_text().startswith("# Similarity")
     assert (workdir / "results/figures/similarity_webtext.png").stat().st_size > 10_000
 
@@ -232,11 +236,16 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     assert zero["tokens"] == tokens["splits"]["test"]["tokens"] and zero["words"] == tokens["splits"]["test"]["words"]
 
     correlation = pd.read_csv(results / "tables/correlation.tsv", sep="\t")
-    # The main grid (2 modes, trained on 'keep' text) and the ablation's other policies in mode full.
-    assert set(correlation["portion"]) == {"all", "wiki", "s2orc"} and len(correlation) == (2 + 2) * 3
+    # The main grid (2 modes, trained on 'keep' text) and the ablation's other policies in mode full, each
+    # with the plug-in and the corrected distances.
+    assert set(correlation["portion"]) == {"all", "wiki", "s2orc"} and len(correlation) == (2 + 2) * 3 * 2
     overall = correlation[(correlation["portion"] == "all") & (correlation["train_policy"] == "keep")]
     assert (overall["n"] == len(domains)).all() and overall["pretraining_corpus"].all()
-    assert overall[["spearman_mmd", "pearson_fd_p"]].notna().all().all()
+    plugin, corrected = (overall[overall["distance_estimator"] == e] for e in ("plugin", "corrected"))
+    assert plugin[["spearman_mmd", "pearson_fd_p"]].notna().all().all() and (plugin["n_fd"] == len(domains)).all()
+    # The demo's domains are too small for the corrected FD: no FD correlation on that row, MMD's there.
+    assert corrected["spearman_mmd"].notna().all() and corrected["spearman_fd"].isna().all()
+    assert (corrected["n_fd"] == 0).all()
 
     summary = pd.read_csv(results / "tables/tokens/tiny-gpt2/full/summary.tsv", sep="\t")
     assert len(summary) == 2 * len(domains) and set(summary["split"]) == {"train", "test"}
@@ -297,7 +306,8 @@ def test_show_prints_filtered_tables(demo_run):
                            "json").stdout)
     assert [(r["mode"], r["train_policy"]) for r in rows] == [("full", "keep"), ("sparse", "keep"), ("full", "strip"),
                                                               ("full", "paragraph")]
-    markdown = show(workdir, "correlation", "--mode", "full", "--train-policy", "keep", "--portion", "all").stdout
+    markdown = show(workdir, "correlation", "--mode", "full", "--train-policy", "keep", "--portion", "all",
+                    "--distance-estimator", "plugin").stdout
     assert markdown.startswith("| model | mode | train_policy | corpus |") and len(markdown.splitlines()) == 3
     ablation = json.loads(show(workdir, "join_policy", "--domain", "hep-ex", "--format", "json").stdout)
     assert sorted(r["train_policy"] for r in ablation) == ["keep", "paragraph", "strip"]

@@ -1,7 +1,7 @@
-"""The ``corpus_statistics`` stage: a source corpus' moments and bootstrap blocks, computed once.
+"""The ``corpus_statistics`` stage: a source corpus' moments and block statistics, computed once.
 
 Every ``distance`` job of a corpus needs the same moments (mean, covariance and the per-block
-statistics of the block bootstrap, ``distances.compute_moments``). At the paper's scale a pass over
+statistics that subsamples combine, ``distances.compute_moments``). At the paper's scale a pass over
 a 930k x 384 corpus takes longer than the rest of a ``distance`` job, and 199 domains would repeat it
 199 times; here it runs once per corpus and the ``distance`` jobs read the result.
 
@@ -33,7 +33,7 @@ ARRAYS = ("mean", "cov", "block_counts", "block_sums", "block_outer")
 
 
 def corpus_block_seed(base_seed: int, corpus: str) -> int:
-    """The seed of a corpus' random partition into bootstrap blocks (as before this stage existed)."""
+    """The seed of a corpus' random partition into blocks (as before this stage existed)."""
     return derive_seed(base_seed, "blocks", "sources", corpus)
 
 
@@ -171,7 +171,7 @@ def load_corpus_statistics(
         if record.get(key) != value:
             raise PipelineError(
                 f"{statistics_metadata}: {key} is {record.get(key)!r}, but this run asks for {value!r} "
-                f"(similarity.bootstrap_blocks / seed); rerun rule corpus_statistics"
+                f"(similarity.blocks / seed); rerun rule corpus_statistics"
             )
     moments = load_moments(statistics)
     if (moments.n, moments.dim) != (record.get("n"), record.get("dimension")):

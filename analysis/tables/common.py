@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from analysis.errors import PipelineError
 from analysis.io import atomic_path, write_text
+
+
+def read_json(path: str | Path, what: str, keys: Sequence[str] = ()) -> dict:
+    """A JSON object from ``path``; a PipelineError naming ``what`` and the file if it is missing,
+    unreadable, not an object or lacks one of ``keys``."""
+    path = Path(path)
+    try:
+        blob = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{what} {path} is not readable JSON: {error}") from None
+    missing = [key for key in keys if key not in blob] if isinstance(blob, dict) else ["a JSON object"]
+    if missing:
+        raise PipelineError(f"{what} {path} lacks {', '.join(missing)}")
+    return blob
 
 
 def _format(value) -> str:

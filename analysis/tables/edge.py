@@ -11,7 +11,6 @@ inference); ``training`` = parameters + gradients + optimizer state + the forwar
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.errors import PipelineError
+from analysis.tables.common import read_json as _read
 from analysis.tables.common import save_figure, write_table
 
 # The order of analysis.edge.transfer.MODES, repeated so that tables need not import torch.
@@ -33,20 +33,6 @@ MEMORY_COLUMNS = {  # table column -> memory_report field (bytes)
 LAYER_COLUMNS = {"input_kib": "input_bytes", "output_kib": "output_bytes", "saved_kib": "saved_bytes",
                  "live_kib": "live_bytes", "measured_kib": "measured_bytes",
                  "stock_measured_kib": "stock_measured_bytes"}
-
-
-def _read(path: str | Path, what: str, keys: Sequence[str]) -> dict:
-    path = Path(path)
-    try:
-        blob = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise PipelineError(f"{what} {path} is not readable JSON: {error}") from None
-    missing = [key for key in keys if key not in blob] if isinstance(blob, dict) else ["a JSON object"]
-    if missing:
-        raise PipelineError(f"{what} {path} lacks {', '.join(missing)}")
-    return blob
 
 
 def scheme_text(scheme: dict) -> str:

@@ -7,7 +7,6 @@ adaptation helped.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import warnings
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import ordered_by_portion, save_figure, shade_portions, write_table
+from analysis.tables.common import ordered_by_portion, read_json, save_figure, shade_portions, write_table
+from analysis.tables.similarity import drawn_distances
 
 COLUMNS = [
     "model", "mode", "train_policy", "domain", "portion", "split", "eval_policy", "tokens", "words", "bytes",
@@ -26,25 +26,21 @@ COLUMNS = [
     "bits_per_byte_zero_shot", "bits_per_byte_adapted", "window", "stride",
 ]
 CORRELATION_COLUMNS = [
-    "model", "mode", "train_policy", "corpus", "pretraining_corpus", "portion", "n",
+    "model", "mode", "train_policy", "corpus", "pretraining_corpus", "portion", "distance_estimator", "n", "n_fd",
     "spearman_mmd", "spearman_mmd_p", "pearson_mmd", "pearson_mmd_p",
     "spearman_fd", "spearman_fd_p", "pearson_fd", "pearson_fd_p",
 ]
-
-
-def _read(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def collect(zero_shot: Sequence[str | Path], adapted: Sequence[str | Path]) -> pd.DataFrame:
     """One row per adapted evaluation, joined with the zero-shot evaluation of its model and domain."""
     base = {}
     for path in zero_shot:
-        r = _read(path)
+        r = read_json(path, "zero-shot evaluation")
         base[(r["model"], r["domain"])] = r
     rows = []
     for path in adapted:
-        a = _read(path)
+        a = read_json(path, "adapted evaluation")
         z = base.get((a["model"], a["domain"]))
         if z is None:
             raise PipelineError(f"{path}: no zero-shot evaluation of {a['model']} on {a['domain']} among the inputs")
@@ -79,10 +75,22 @@ def perplexity_table(zero_shot, adapted, tsv, markdown) -> pd.DataFrame:
     return frame
 
 
+DISTANCE_COLUMNS = ["corpus", "domain", "portion", "mmd", "fd", "mmd_unbiased", "fd_corrected"]
+
+#: The columns of each distance estimator (similarity.estimator): plug-in as in the paper, corrected
+#: for the bias of order d / n (analysis/similarity/compare.py).
+ESTIMATOR_COLUMNS = {"plugin": {"mmd": "mmd", "fd": "fd"},
+                     "corrected": {"mmd": "mmd_unbiased", "fd": "fd_corrected"}}
+
+
 def distances(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """MMD and FD of each (corpus, domain) distance JSON."""
-    rows = [{k: r[k] for k in ("corpus", "domain", "portion", "mmd", "fd")} for r in map(_read, paths)]
-    return pd.DataFrame(rows, columns=["corpus", "domain", "portion", "mmd", "fd"])
+    """Plug-in and corrected MMD and FD of each (corpus, domain) distance JSON (an undefined
+    corrected FD as NaN)."""
+    rows = []
+    for path in paths:
+        record = read_json(path, "distance record", DISTANCE_COLUMNS)
+        rows.append({k: math.nan if record[k] is None else record[k] for k in DISTANCE_COLUMNS})
+    return pd.DataFrame(rows, columns=DISTANCE_COLUMNS)
 
 
 #: Up to this many domains the Spearman p-value is exact (all n! pairings); above it scipy's
@@ -119,22 +127,28 @@ def _correlate(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def correlations(perplexity: pd.DataFrame, distance: pd.DataFrame, pretraining: Mapping[str, str]) -> pd.DataFrame:
-    """Per model, mode, corpus and portion (all, wiki, s2orc): rank and linear correlation of the
-    perplexity change with MMD and with FD, their two-sided p-values and the number of domains."""
+    """Per model, mode, corpus, portion (all, wiki, s2orc) and distance estimator (plugin, corrected):
+    rank and linear correlation of the perplexity change with MMD and with FD, their two-sided
+    p-values, the number of domains n and of those with an FD of this estimator, n_fd (the corrected
+    FD is undefined for domains below its smallest size; they are left out of its correlation)."""
     joined = perplexity.merge(distance.drop(columns="portion"), on="domain", how="inner")
     rows = []
     for (model, mode, policy, corpus), group in joined.groupby(["model", "mode", "train_policy", "corpus"],
                                                                sort=False):
         for portion in ["all", *sorted(group["portion"].unique())]:
             part = group if portion == "all" else group[group["portion"] == portion]
-            row = {"model": model, "mode": mode, "train_policy": policy, "corpus": corpus,
-                   "pretraining_corpus": pretraining.get(model) == corpus, "portion": portion, "n": len(part)}
-            for measure in ("mmd", "fd"):
-                stats = _correlate(part[measure].to_numpy(float), part["ppl_change"].to_numpy(float))
-                for method in ("spearman", "pearson"):
-                    row[f"{method}_{measure}"] = stats[method]
-                    row[f"{method}_{measure}_p"] = stats[f"{method}_p"]
-            rows.append(row)
+            for estimator, columns in ESTIMATOR_COLUMNS.items():
+                row = {"model": model, "mode": mode, "train_policy": policy, "corpus": corpus,
+                       "pretraining_corpus": pretraining.get(model) == corpus, "portion": portion,
+                       "distance_estimator": estimator, "n": len(part),
+                       "n_fd": int(part[columns["fd"]].notna().sum())}
+                for measure, column in columns.items():
+                    defined = part[part[column].notna()]
+                    stats = _correlate(defined[column].to_numpy(float), defined["ppl_change"].to_numpy(float))
+                    for method in ("spearman", "pearson"):
+                        row[f"{method}_{measure}"] = stats[method]
+                        row[f"{method}_{measure}_p"] = stats[f"{method}_p"]
+                rows.append(row)
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
@@ -145,7 +159,9 @@ def correlation_table(perplexity_tsv, distance_paths, pretraining, tsv, markdown
     frame = correlations(perplexity, distance, pretraining)
     write_table(frame, tsv, markdown, title=(
         "Correlation across adaptation domains of the perplexity change (zero-shot - adapted) with the "
-        "distance of the domain to each source corpus; two-sided p-values (Spearman: exact permutation "
+        "distance of the domain to each source corpus, plug-in (as in the paper) and corrected for the "
+        "bias of order d / n (unbiased MMD, extrapolated FD over the n_fd domains where it is defined); "
+        "two-sided p-values (Spearman: exact permutation "
         f"test up to {EXACT_SPEARMAN_MAX_N} domains, else scipy; Pearson: scipy), n domains. "
         "pretraining_corpus marks the corpus the model was pretrained on."
     ))
@@ -161,10 +177,11 @@ def _rescale(values: np.ndarray) -> np.ndarray:
 
 
 def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: str, mode: str, corpus: str,
-                      path: str | Path, policy: str | None = None) -> None:
+                      path: str | Path, policy: str | None = None, estimator: str = "corrected") -> None:
     """The paper's Figure 1: perplexity change per domain (bars), with MMD and FD to the model's
-    pretraining corpus rescaled to [0, 1] (lines, right axis); portions shaded. When the changes span
-    more than two orders of magnitude the bars use a symmetric log scale, so small changes stay visible."""
+    pretraining corpus rescaled to [0, 1] (lines, right axis; which estimates: ``similarity.
+    drawn_distances``); portions shaded. When the changes span more than two orders of magnitude the
+    bars use a symmetric log scale, so small changes stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,6 +196,7 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     domains = ordered_by_portion(list(rows.index), rows["portion"].to_dict())
     rows = rows.loc[domains]
     dist = distance[distance["corpus"] == corpus].set_index("domain").reindex(domains)
+    drawn = drawn_distances(dist, estimator)
     x = np.arange(len(domains))
     figure, axis = plt.subplots(figsize=(max(6.5, min(0.45 * len(domains) + 3, 40.0)), 4.8))
     shade_portions(axis, domains, rows["portion"].to_dict())
@@ -192,11 +210,12 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
         axis.set_yscale("symlog", linthresh=float(magnitudes.min()))
         scale = " (symmetric log scale)"
     right = axis.twinx()
-    for key, colour, marker in (("mmd", "tab:purple", "o"), ("fd", "tab:brown", "s")):
+    for measure, colour, marker in (("mmd", "tab:purple", "o"), ("fd", "tab:brown", "s")):
+        key, _, legend = drawn[measure]
         values = dist[key].to_numpy(float)
         if np.isfinite(values).all():
             right.plot(x, _rescale(values), color=colour, marker=marker, linewidth=1,
-                       label=f"{key.upper()} to {corpus}, rescaled to [0, 1]")
+                       label=f"{legend} to {corpus}, rescaled to [0, 1]")
     right.set_ylim(-0.05, 1.05)
     right.set_ylabel("rescaled distance to the pretraining corpus")
     axis.set_xticks(x)

@@ -123,6 +123,7 @@ rule perplexity_figure:
     params:
         corpus=lambda wildcards: config["models"][wildcards.model]["corpus"],
         policy=TRAIN_POLICY,
+        estimator=config["similarity"]["estimator"],
     script:
         "../scripts/perplexity_figure.py"
 

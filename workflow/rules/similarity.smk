@@ -57,7 +57,7 @@ rule corpus_statistics:
             config, wildcards, input, attempt
         ),
     params:
-        blocks=SIMILARITY["bootstrap_blocks"],
+        blocks=SIMILARITY["blocks"],
         chunk_rows=SIMILARITY["chunk_rows"],
         seed=config["seed"],
     script:
@@ -88,10 +88,10 @@ rule distance:
         ),
     params:
         portion=lambda wildcards: config_lib.domain_portion(config, wildcards.domain),
-        resamples=SIMILARITY["bootstrap_resamples"],
-        blocks=SIMILARITY["bootstrap_blocks"],
+        resamples=SIMILARITY["resamples"],
+        blocks=SIMILARITY["blocks"],
         confidence=SIMILARITY["confidence"],
-        interval=SIMILARITY["interval"],
+        extrapolation=SIMILARITY["fd_extrapolation"],
         chunk_rows=SIMILARITY["chunk_rows"],
         seed=config["seed"],
     script:
@@ -133,5 +133,7 @@ rule similarity_figure:
         f"{LOGS}/similarity_figure/{{corpus}}.log",
     conda:
         "../../envs/similarity.yaml"
+    params:
+        estimator=SIMILARITY["estimator"],
     script:
         "../scripts/similarity_figure.py"

@@ -1,4 +1,4 @@
-"""Rule corpus_statistics: a source corpus' moments and bootstrap blocks, once for all its distances."""
+"""Rule corpus_statistics: a source corpus' moments and block statistics, once for all its distances."""
 
 from analysis.runner import rule_log
 from analysis.similarity.statistics import corpus_statistics

@@ -7,4 +7,4 @@ from analysis.tables.similarity import similarity_figure
 
 with rule_log(snakemake.log[0]):
     frame = pd.read_csv(snakemake.input[0], sep="\t")
-    similarity_figure(frame, snakemake.wildcards.corpus, snakemake.output[0])
+    similarity_figure(frame, snakemake.wildcards.corpus, snakemake.output[0], estimator=snakemake.params.estimator)
