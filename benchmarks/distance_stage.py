@@ -14,15 +14,15 @@ Measured, with BLAS limited to --threads (a one-core job; CPU seconds are proces
   (VmHWM: it includes the pages of the memory-mapped corpus the job has touched, which are page
   cache, so RssAnon at the end is reported too); inside it, the corpus pass (``compute_moments``);
 * per domain, the ``distance`` job as it now runs (``compare.compare``: loading the saved
-  statistics, the domain pass, the bootstrap) and its parts, and the bootstrap as it ran before
+  statistics, the domain pass, the intervals' random halves) and its parts, and the halves as they would run
   (``np.tensordot`` over the full block products instead of their upper triangles; checked equal).
 
 The 199-domain totals are extrapolated linearly from the --domains measured (199 x the mean per
 domain): today's stage pays the corpus pass in every job, the new one once. With --check-old one
 pair is also run the old way (both moments from the embeddings, in the job) to check that model.
 
-Not adopted, measured for comparison (last table row): the bootstrap with the resamples' block
-products batched into one matrix product per 83 resamples (``batched_bootstrap`` below), which reads
+Not adopted, measured for comparison (last table row): the intervals with the halves' block
+products batched into one matrix product per 83 halves (``batched_halves`` below), which reads
 the 118 MB of block outer products once per batch instead of once per resample and side. It changes
 the summation order of the resampled covariances; with a singular covariance (n <= d, like the
 demo's 300-text domains) the square roots of eigenvalues that are zero up to rounding then move FD
@@ -46,6 +46,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis import config as config_lib  # noqa: E402
 from analysis.io import derive_seed  # noqa: E402
 from analysis.similarity import compare as compare_lib  # noqa: E402
 from analysis.similarity import distances as dist  # noqa: E402
@@ -53,6 +54,7 @@ from analysis.similarity import statistics as stats  # noqa: E402
 
 PAPER_DOMAINS = 199
 SEED = 20241121
+EXTRAPOLATION = dist.Extrapolation(**config_lib.section_defaults("similarity")["fd_extrapolation"])
 
 
 def write_embeddings(path: Path, rows: int, dim: int, seed: int, shift: float, chunk: int = 65536) -> None:
@@ -107,14 +109,14 @@ def child_statistics(args) -> None:
     print(json.dumps(measured))
 
 
-def batched_bootstrap(corpus, domain, resamples: int, seed: int, batch_bytes: int = 64 << 20) -> np.ndarray:
-    """FD replicates with the same draws as ``distances.bootstrap``, block products batched (GEMM)."""
+def batched_halves(corpus, domain, resamples: int, seed: int, batch_bytes: int = 64 << 20) -> np.ndarray:
+    """FD replicates with the same draws as ``distances.half_sample_replicates``, block products batched
+    (GEMM)."""
     rng = np.random.default_rng(seed)
     weights = {"c": [], "d": []}
     for _ in range(resamples):
         for key, moments in (("c", corpus), ("d", domain)):
-            m = len(moments.block_counts)
-            weights[key].append(rng.multinomial(m, np.full(m, 1.0 / m)).astype(np.float64))
+            weights[key].append(moments.half_weights(rng))
     dim = corpus.dim
     batch = max(1, batch_bytes // (8 * dim * dim))
     fd = np.empty(resamples)
@@ -196,7 +198,7 @@ def main() -> None:
                 common = dict(corpus="corpus", domain=f"domain{i}", portion="s2orc",
                               corpus_metadata=corpus.with_suffix(".json"), domain_metadata=path.with_suffix(".json"),
                               resamples=args.resamples, blocks=args.blocks, confidence=0.95,
-                              chunk_rows=args.chunk_rows, base_seed=SEED)
+                              chunk_rows=args.chunk_rows, base_seed=SEED, extrapolation=EXTRAPOLATION)
                 record, job_wall, job_cpu = timed(
                     compare_lib.compare, corpus_statistics=statistics,
                     corpus_statistics_metadata=statistics.with_suffix(".json"), domain_embeddings=path,
@@ -208,24 +210,25 @@ def main() -> None:
                     dist.compute_moments, dist.load_embeddings(path), blocks=args.blocks, chunk_rows=args.chunk_rows,
                     seed=derive_seed(SEED, "blocks", "domains", f"domain{i}"),
                 )
-                _, boot_wall, boot_cpu = timed(dist.bootstrap, moments_c, moments_d, resamples=args.resamples,
-                                               confidence=0.95, seed=1)
+                _, boot_wall, boot_cpu = timed(dist.half_sample_replicates, moments_c, moments_d,
+                                               resamples=args.resamples, seed=1)
                 # Today's arithmetic and speed: tensordot over the full block products.
                 plain_c = stats.load_moments(statistics)
                 plain_d = dist.compute_moments(dist.load_embeddings(path), blocks=args.blocks,
                                                chunk_rows=args.chunk_rows,
                                                seed=derive_seed(SEED, "blocks", "domains", f"domain{i}"))
                 plain_c._packed = plain_d._packed = False
-                plain, old_boot_wall, old_boot_cpu = timed(dist.bootstrap, plain_c, plain_d,
-                                                           resamples=args.resamples, confidence=0.95, seed=1)
-                assert plain == dist.bootstrap(moments_c, moments_d, resamples=args.resamples, confidence=0.95, seed=1)
-                _, batched_wall, batched_cpu = timed(batched_bootstrap, moments_c, moments_d, args.resamples, 1)
+                plain, old_boot_wall, old_boot_cpu = timed(dist.half_sample_replicates, plain_c, plain_d,
+                                                           resamples=args.resamples, seed=1)
+                packed = dist.half_sample_replicates(moments_c, moments_d, resamples=args.resamples, seed=1)
+                assert all(np.array_equal(plain[key], packed[key]) for key in plain)
+                _, batched_wall, batched_cpu = timed(batched_halves, moments_c, moments_d, args.resamples, 1)
                 rows.append({"rows": moments_d.n, "job": job_cpu, "job_wall": job_wall, "load": load_cpu,
-                             "domain_pass": pass_cpu, "bootstrap": boot_cpu, "batched": batched_cpu,
-                             "old_bootstrap": old_boot_cpu,
+                             "domain_pass": pass_cpu, "intervals": boot_cpu, "batched": batched_cpu,
+                             "old_intervals": old_boot_cpu,
                              "record": record})
                 print(f"domain {i}: {moments_d.n} rows: job {job_cpu:.2f} CPU s ({job_wall:.2f} s wall): "
-                      f"load {load_cpu:.2f}, domain pass {pass_cpu:.2f}, bootstrap {boot_cpu:.2f} "
+                      f"load {load_cpu:.2f}, domain pass {pass_cpu:.2f}, intervals {boot_cpu:.2f} "
                       f"(today's tensordot: {old_boot_cpu:.2f}, same numbers; batched, not adopted: "
                       f"{batched_cpu:.2f})", flush=True)
             if args.check_old:
@@ -240,17 +243,18 @@ def main() -> None:
                 old = compare_lib.distance_record(
                     corpus="corpus", domain="domain0", portion="s2orc", moments_c=moments_old, moments_d=domain_old,
                     embedding_model="synthetic", resamples=args.resamples, confidence=0.95,
-                    seed=derive_seed(SEED, "distance", "corpus", "domain0"), interval="basic",
+                    seed=derive_seed(SEED, "distance", "corpus", "domain0"), extrapolation=EXTRAPOLATION,
                 )
                 old_cpu = time.process_time() - start_cpu
                 same = all(old[k] == rows[0]["record"][k] for k in ("mmd", "fd", "mmd_ci", "fd_ci", "fd_terms"))
                 print(f"old way, domain 0: {old_cpu:.1f} CPU s (model: corpus pass + job - load = "
                       f"{job['pass_cpu'] + rows[0]['job'] - rows[0]['load']:.1f}); identical numbers: {same}")
 
-    keys = ("job", "load", "domain_pass", "bootstrap", "old_bootstrap", "batched")
+    keys = ("job", "load", "domain_pass", "intervals", "old_intervals", "batched")
     mean = {key: stat.fmean(r[key] for r in rows) for key in keys}
-    # Today's job: the corpus pass, the rest of the new job but the loading, today's bootstrap.
-    old_pair = job["pass_cpu"] + mean["job"] - mean["load"] - mean["bootstrap"] + mean["old_bootstrap"]
+    # The job before the statistics stage: the corpus pass, the rest of the new job but the loading, the
+    # intervals with tensordot.
+    old_pair = job["pass_cpu"] + mean["job"] - mean["load"] - mean["intervals"] + mean["old_intervals"]
     statistics_only = PAPER_DOMAINS * (old_pair - job["pass_cpu"] + mean["load"]) + job["job_cpu"]
     old_total = PAPER_DOMAINS * old_pair
     new_total = job["job_cpu"] + PAPER_DOMAINS * mean["job"]
@@ -265,14 +269,14 @@ def main() -> None:
     print(f"| corpus pass, per pair | {job['pass_cpu']:.1f} | - |")
     print(f"| loading the saved statistics, per pair | - | {mean['load']:.2f} |")
     print(f"| domain pass, per pair | {mean['domain_pass']:.2f} | {mean['domain_pass']:.2f} |")
-    print(f"| bootstrap ({args.resamples} resamples), per pair | {mean['old_bootstrap']:.2f} (tensordot) | "
-          f"{mean['bootstrap']:.2f} (upper triangles, same numbers) |")
+    print(f"| intervals ({args.resamples} random halves), per pair | {mean['old_intervals']:.2f} (tensordot) | "
+          f"{mean['intervals']:.2f} (upper triangles, same numbers) |")
     print(f"| distance job, per pair | {old_pair:.1f} | {mean['job']:.2f} |")
     print(f"| **stage total, {PAPER_DOMAINS} domains** | **{old_total / 60:.0f} min** | **{new_total / 60:.0f} min** |")
     print(f"| ratio | | **{old_total / new_total:.1f}x** ({old_total / statistics_only:.1f}x from the statistics "
           f"alone) |")
-    batched_total = new_total + PAPER_DOMAINS * (mean["batched"] - mean["bootstrap"])
-    print(f"| not adopted: bootstrap batched ({mean['batched']:.2f} per pair; numbers differ ~1e-9 when n <= d) "
+    batched_total = new_total + PAPER_DOMAINS * (mean["batched"] - mean["intervals"])
+    print(f"| not adopted: halves batched ({mean['batched']:.2f} per pair; numbers differ ~1e-9 when n <= d) "
           f"| | {batched_total / 60:.0f} min, {old_total / batched_total:.1f}x |")
     print()
     print(f"Peak memory of the statistics job: {job['VmHWM']:.0f} MiB VmHWM, of which {job['RssFile']:.0f} MiB "
