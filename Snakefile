@@ -24,3 +24,16 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# What the run made and its headline numbers, or the failing job's log (analysis/run_summary.py).
+onsuccess:
+    from analysis.run_summary import success_summary
+
+    print(success_summary(RESULTS, config))
+
+
+onerror:
+    from analysis.run_summary import failure_summary
+
+    print(failure_summary(log))

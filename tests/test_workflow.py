@@ -80,6 +80,8 @@ def demo_run(tmp_path_factory):
     # ~8 minutes on 2 quiet cores; the limit only guards against a hang.
     result = snakemake(workdir, configfile=configfile, timeout=1500)
     assert result.returncode == 0, result.output[-4000:]
+    # The run's closing words (onsuccess): what it made and its headline numbers, from its tables.
+    assert "Headline numbers of this run:" in result.output and "Wikipedia vs S2ORC domains" in result.output
     return workdir, configfile
 
 
@@ -537,6 +539,9 @@ def test_sample_larger_than_corpus_fails_the_job_with_a_clear_message(tmp_path):
     result = snakemake(tmp_path, "--keep-going", configfile=real_data_config(tmp_path, ["hep-ex"], 5))
     assert result.returncode != 0
     assert "has 2 non-empty texts but corpora.web.n_texts asks for 5" in result.output
+    # The run's closing words (onerror) name the failed job's log and quote its end.
+    assert "Rule sample_source failed; its log results/logs/sample_source/web.log ends with:" in result.output
+    assert "  | ERROR: " in result.output
     assert (tmp_path / "results/samples/domains/hep-ex.parquet").is_file()  # the other job still ran
     assert not (tmp_path / "results/samples/sources/web.parquet").exists()
 
