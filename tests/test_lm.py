@@ -228,3 +228,19 @@ def test_two_data_parallel_processes_match_one_with_the_same_global_batch(tiny_m
              nprocs=1)
     two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-5
+
+
+def test_resumable_tag_survives_a_latest_file_left_empty_by_a_kill(tmp_path):
+    from analysis.lm.train import resumable_tag
+
+    assert resumable_tag(tmp_path) is None  # no checkpoint at all
+    for tag in ("step00000005", "step00000010"):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    (tmp_path / "step00000015").mkdir()  # killed while its files were being written
+    (tmp_path / "latest").write_text("step00000005")
+    assert resumable_tag(tmp_path) == "step00000005"  # what latest names, when complete
+    (tmp_path / "latest").write_text("")  # killed between creating latest and writing the tag
+    assert resumable_tag(tmp_path) == "step00000010"  # the newest complete checkpoint
+    (tmp_path / "latest").write_text("step00000015")
+    assert resumable_tag(tmp_path) == "step00000010"

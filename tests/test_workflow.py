@@ -157,7 +157,10 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=job_environment(),
                                start_new_session=True)
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    # `latest` with its tag written (a kill between its creation and the write is handled too:
+    # train.resumable_tag, tests/test_lm.py).
+    while not (checkpoint.exists() and checkpoint.read_text().strip()) and process.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.01)
     finished = process.poll() is not None
     if not finished:

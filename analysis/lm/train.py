@@ -176,6 +176,28 @@ def _read_fingerprint(directory: Path) -> str | None:
     return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
 
 
+def resumable_tag(directory: Path) -> str | None:
+    """The checkpoint tag to resume from: the one ``latest`` names, if its directory holds model states;
+    else the newest ``step*`` directory that does; None when there is none.
+
+    DeepSpeed writes ``latest`` after a checkpoint's files, but a kill between creating ``latest`` and
+    writing the tag into it leaves it empty (seen in CI under load). The checkpoint it was about to
+    name is complete by then, and the older one is not yet deleted.
+    """
+    def complete(tag: str) -> bool:
+        return bool(tag) and any((directory / tag).glob("*model_states.pt"))
+
+    latest = directory / "latest"
+    named = latest.read_text().strip() if latest.is_file() else ""
+    if complete(named):
+        return named
+    candidates = sorted((p.name for p in directory.glob("step*") if complete(p.name)), reverse=True)
+    if latest.is_file():
+        log.warning("%s names %r, which is not a complete checkpoint; %s", latest, named,
+                    f"resuming from {candidates[0]}" if candidates else "starting afresh")
+    return candidates[0] if candidates else None
+
+
 def _restoring_functional_linear(function):
     """ZeRO-3 replaces ``torch.nn.functional.linear`` process-wide with its own function, which keeps
     every linear input for backward ("This will persist unless manually reset"): put it back after
@@ -250,8 +272,9 @@ def train(
     if _read_fingerprint(checkpoint_dir) not in (None, fingerprint):
         log.warning("checkpoints in %s are from a different run configuration: starting afresh", checkpoint_dir)
         shutil.rmtree(checkpoint_dir)
-    if (checkpoint_dir / "latest").is_file():
-        _, client_state = engine.load_checkpoint(str(checkpoint_dir), load_module_strict=False)
+    tag = resumable_tag(checkpoint_dir)
+    if tag is not None:
+        _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag, load_module_strict=False)
         state.update(client_state["run_state"])
         log.info("resumed from %s at step %d of %d", checkpoint_dir, state["step"], total_steps)
 
