@@ -210,10 +210,8 @@ print(json.dumps({"wall": wall, "cpu": cpu, "file": compare_lib.__file__,
 
 
 def cost(args) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from distance_stage import write_embeddings  # noqa: E402 (benchmarks/ is not a package on sys.path)
-
     from analysis.similarity import statistics as stats
+    from benchmarks.distance_stage import write_embeddings
 
     similarity, _ = defaults()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:

@@ -362,10 +362,11 @@ def half_sample_replicates(corpus: Moments, domain: Moments, *, resamples: int, 
         mean_c, cov_c, n_c = corpus.weighted(corpus.half_weights(rng))
         mean_d, cov_d, n_d = domain.weighted(domain.half_weights(rng))
         mmd = mmd_linear(mean_c, mean_d)
-        noise = float(np.trace(cov_c)) / n_c + float(np.trace(cov_d)) / n_d
+        unbiased = mmd_unbiased(mean_c, float(np.trace(cov_c)), n_c, mean_d, float(np.trace(cov_d)), n_d)
         fd = frechet_distance(mean_c, cov_c, mean_d, cov_d)
         replicates["mmd"][r], replicates["fd"][r] = mmd, fd
-        replicates["mmd_unbiased"][r], replicates["fd_unbiased_mean"][r] = mmd - noise, fd - noise
+        # FD's mean term unbiased the same way: FD minus the plug-in MMD's excess.
+        replicates["mmd_unbiased"][r], replicates["fd_unbiased_mean"][r] = unbiased, fd - (mmd - unbiased)
     return replicates
 
 
