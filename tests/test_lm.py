@@ -244,3 +244,19 @@ def test_resumable_tag_survives_a_latest_file_left_empty_by_a_kill(tmp_path):
     assert resumable_tag(tmp_path) == "step00000010"  # the newest complete checkpoint
     (tmp_path / "latest").write_text("step00000015")
     assert resumable_tag(tmp_path) == "step00000010"
+
+
+def test_one_cpu_process_trains_without_compiling_the_shared_memory_op(tiny_model, tmp_path):
+    # A fresh process with an empty extension cache: the first DeepSpeed initialize would compile
+    # deepspeed_shm_comm there (33 s on 2 cores) if train() did not skip it for one process.
+    code = ("import sys; from tests.test_lm import run; "
+            "result = run(sys.argv[1], 'full', sys.argv[2]); print('steps', result['steps'])")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model), str(tmp_path / "ckpt")],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "steps 11" in out.stdout
+    built = list((tmp_path / "extensions").rglob("*")) if (tmp_path / "extensions").exists() else []
+    assert not built, built

@@ -156,6 +156,24 @@ def init_distributed() -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
+def skip_shm_comm_op(world: int) -> bool:
+    """Keep DeepSpeed from compiling its shared-memory communication op for a one-process CPU run.
+
+    On the CPU accelerator DeepSpeed's communication backend JIT-compiles ``deepspeed_shm_comm`` at
+    ``initialize`` (33 s on 2 idle cores, about a minute under load, once per machine and torch
+    version): an all-reduce between the ranks of one node through shared memory. One process has no
+    peer to reduce with, and without the op the backend uses torch.distributed (gloo) as it does
+    wherever the op is unavailable. DeepSpeed reads which ops it may build from
+    ``deepspeed.ops.__compatible_ops__``, a dict probed once per process. True when skipped.
+    """
+    import deepspeed
+
+    if world != 1 or deepspeed.get_accelerator().device_name() != "cpu":
+        return False
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return True
+
+
 @torch.no_grad()
 def mean_loss(model, blocks: np.ndarray, batch_size: int, device) -> float:
     """Mean next-token loss (nats) over ``blocks`` (each block weighs its block_size - 1 targets)."""
@@ -237,6 +255,7 @@ def train(
     import deepspeed
 
     rank, world = init_distributed()
+    skip_shm_comm_op(world)
     checkpoint_dir = Path(checkpoint_dir)
     per_step = settings.micro_batch_size * settings.gradient_accumulation_steps * world
     total_steps = len(order) // per_step
