@@ -14,7 +14,8 @@ import yaml
 from analysis import config as config_lib
 from analysis.edge import leakage
 from analysis.edge.data import ImageSet, load_task
-from analysis.edge.federated import FederatedSettings, federated_averaging, local_training, partition
+from analysis.edge.federated import (CLIENT_RECORD, FederatedSettings, federated_averaging, in_client_order,
+                                     local_training, partition)
 from analysis.edge.nets import LeNet
 from analysis.errors import ConfigError, PipelineError
 
@@ -93,6 +94,20 @@ def test_flower_fedavg_is_the_example_weighted_mean_of_the_client_updates(digits
     assert [r["round"] for r in result["rounds"]] == [0, 1]
     assert result["rounds"][1]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert result["client_examples"] == [15, 15]
+
+
+def test_client_updates_are_summed_in_client_order_whatever_their_arrival():
+    class Reply:
+        def __init__(self, client=None):
+            self.client = client
+            self.content = None if client is None else {CLIENT_RECORD: {"partition-id": client}}
+
+        def has_error(self):
+            return self.client is None
+
+    arrived = [Reply(3), Reply(), Reply(0), Reply(2), Reply(1)]
+    assert [r.client for r in in_client_order(arrived)] == [0, 1, 2, 3, None]
+    assert [r.client for r in in_client_order(arrived[::-1])] == [0, 1, 2, 3, None]
 
 
 # --- defenses ------------------------------------------------------------------------------------

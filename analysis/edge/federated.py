@@ -114,9 +114,28 @@ def local_training(net: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
     return total / max(1, steps)
 
 
+CLIENT_RECORD = "client"  # the reply's ConfigRecord naming the client's partition
+
+
+def in_client_order(replies) -> list:
+    """Replies sorted by the partition of the client that sent them (failed replies last).
+
+    FedAvg sums the clients' weights in the order of the list it is given; Flower gives them in order
+    of arrival, which Ray's scheduling varies from run to run, and floating-point addition depends on
+    the order: the same seeded run differed from round 3 on (test accuracy by up to 0.013 after
+    10 rounds of the demo). In client order the run is reproducible.
+    """
+    def key(message):
+        if message.has_error():
+            return (1, 0)
+        return (0, int(message.content[CLIENT_RECORD]["partition-id"]))
+
+    return sorted(replies, key=key)
+
+
 def client_app(data_path: str, net_settings: dict, settings: FederatedSettings):
     """The Flower ClientApp: local training on the partition of the node's ``partition-id``."""
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
@@ -134,7 +153,9 @@ def client_app(data_path: str, net_settings: dict, settings: FederatedSettings):
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + server_round * 1009 + client)
         loss = local_training(net, images, labels, settings.local_steps, settings.batch_size, settings.lr, generator)
         metrics = MetricRecord({"num-examples": len(index), "train_loss": loss})
-        return Message(content=RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
+        content = RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics,
+                              CLIENT_RECORD: ConfigRecord({"partition-id": client})})
+        return Message(content=content, reply_to=msg)
 
     return app
 
@@ -174,8 +195,13 @@ def federated_averaging(train: ImageSet, test: ImageSet, scheme: str, settings: 
         @server.main()
         def main(grid: Grid, context: Context) -> None:
             sampled = max(1, round(settings.fraction * settings.clients))
-            strategy = FedAvg(fraction_train=settings.fraction, fraction_evaluate=0.0, min_train_nodes=sampled,
-                              min_evaluate_nodes=0, min_available_nodes=settings.clients)
+            class ClientOrderFedAvg(FedAvg):
+                def aggregate_train(self, server_round, replies):
+                    return super().aggregate_train(server_round, in_client_order(replies))
+
+            strategy = ClientOrderFedAvg(fraction_train=settings.fraction, fraction_evaluate=0.0,
+                                         min_train_nodes=sampled, min_evaluate_nodes=0,
+                                         min_available_nodes=settings.clients)
 
             def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
                 net = _net(net_settings)
