@@ -6,25 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-links=()
-for dir in ${PIP_FIND_LINKS:-}; do links+=(--find-links "$dir"); done
-
 seconds() { local start=$SECONDS; "$@" >/dev/null 2>&1; echo $((SECONDS - start)); }
 
+# What the Makefile ran before (at 0c1b7a1).
 pip_install() {
   python3 -m venv "$work/pip" && "$work/pip/bin/python" -m pip install --quiet --upgrade pip &&
   "$work/pip/bin/python" -m pip install --quiet torch==2.13.0 &&
   "$work/pip/bin/python" -m pip install --quiet -r envs/requirements.lock &&
   "$work/pip/bin/python" -m pip install --quiet --no-deps -e .
 }
-uv_install() {
-  export UV_CACHE_DIR="$work/uv-cache"
-  local uv=(--quiet --python "$work/uv/bin/python" --compile-bytecode "${links[@]}")
-  python3 -m venv "$work/uv" && "$work/uv/bin/python" -m pip install --quiet "$(grep '^uv==' envs/requirements.lock)" &&
-  "$work/uv/bin/uv" pip install "${uv[@]}" torch==2.13.0 &&
-  "$work/uv/bin/uv" pip install "${uv[@]}" -r envs/requirements.lock &&
-  "$work/uv/bin/uv" pip install "${uv[@]}" --no-deps -e .
-}
+# The Makefile's own install step, into another virtual environment.
+uv_install() { UV_CACHE_DIR="$work/uv-cache" make VENV="$work/uv" "$work/uv/.installed"; }
 echo "| installer | seconds | packages |"
 echo "|---|---:|---:|"
 s=$(seconds pip_install); echo "| pip | $s | $("$work/pip/bin/python" -m pip list 2>/dev/null | tail -n +3 | wc -l) |"
