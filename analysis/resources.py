@@ -51,8 +51,10 @@ import numpy as np
 # ------------------------------------------------------------------------------------------------
 
 #: Peak resident memory of a tokenize_domain job (MB), flat in the size of the domain: measured
-#: 607-666 MB at 32, 128 and 512 MB of text (the interpreter with transformers and torch, the
-#: tokenizer, a 4 MB batch being read ahead and one being encoded); 3x that for other tokenizers.
+#: 607-666 MB at 32, 128 and 512 MB of text with the tokenizer loaded through transformers (which
+#: imports torch; class-specific tokenizers such as GPT-2's and LLaMA's), 320-370 MB when its
+#: tokenizer.json is read alone (``models.load_encoding_tokenizer``), plus a 4 MB batch being read
+#: ahead and one being encoded; 3x that for other tokenizers.
 TOKENIZE_MEM_MB = 2000
 #: Text tokenised per second and thread (MB/s): measured 2.5-2.8 MB/s on 2 threads (1.3 per
 #: thread) with a byte-level BPE; taken as 0.5 for vocabularies and texts that encode slower and

@@ -174,3 +174,64 @@ def test_a_new_writer_removes_its_own_stale_temporary_files_only(tmp_path):
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".q-bio.BM.bin.wr1t1n.tmp", "q-bio.bin", "q-bio.idx",
                                                           "q-bio.json"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_tokenizer_file_alone_encodes_as_transformers_does(tokenizers, family):
+    """tokenize_domain reads tokenizer.json without transformers where transformers would use the
+    file as it stands: the same ids, EOS, BOS and vocabulary size."""
+    from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
+
+    directory, reference = tokenizers[family]
+    light = load_encoding_tokenizer(str(directory))
+    assert isinstance(light, FileTokenizer)
+    assert (light.eos_token_id, light.bos_token_id, len(light)) == \
+        (reference.eos_token_id, reference.bos_token_id, len(reference))
+    texts = ["\n".join(awkward_lines(60, seed)) for seed in range(20, 30)] + ["</s>\n<|endoftext|> x"]
+    assert PieceEncoder(light).encode(texts) == reference(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_a_class_specific_tokenizer_or_setting_loads_through_transformers(tokenizers, tmp_path):
+    import shutil
+
+    from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
+
+    source, _ = tokenizers["gpt2"]
+    for change in ({"tokenizer_class": "GPT2Tokenizer"}, {"add_prefix_space": True}):
+        directory = tmp_path / next(iter(change))
+        shutil.copytree(source, directory)
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        (directory / "tokenizer_config.json").write_text(json.dumps({**config, **change}))
+        assert not isinstance(load_encoding_tokenizer(str(directory)), FileTokenizer), change
+
+
+def test_the_file_tokenizer_ignores_the_files_truncation_as_transformers_does(tokenizers, tmp_path):
+    import shutil
+
+    from analysis.lm.models import load_encoding_tokenizer, load_tokenizer
+
+    directory = tmp_path / "truncating"
+    shutil.copytree(tokenizers["gpt2"][0], directory)
+    spec = json.loads((directory / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    (directory / "tokenizer.json").write_text(json.dumps(spec))
+    text = "\n".join(awkward_lines(30, 3))
+    ids = PieceEncoder(load_encoding_tokenizer(str(directory))).encode([text])[0]
+    assert len(ids) > 8 and ids == load_tokenizer(str(directory))(text, add_special_tokens=False)["input_ids"]
+
+
+def test_tokenize_domain_does_not_import_transformers(tokenizers, tmp_path):
+    """Importing transformers (and torch) was most of a small tokenize_domain job."""
+    import subprocess
+    import sys
+
+    directory, _ = tokenizers["llama"]
+    write_domain_dir(tmp_path, "hep-ex", {s: "One line.\n\nTwo.\n" for s in m2d2.SPLITS})
+    code = (
+        "import sys; from analysis.lm.data import tokenize_domain\n"
+        f"r = tokenize_domain(model_name={str(directory)!r}, m2d2_root={str(tmp_path)!r}, domain='hep-ex', "
+        f"policy='keep', output={str(tmp_path / 'hep-ex.bin')!r}, metadata={str(tmp_path / 'hep-ex.json')!r})\n"
+        "print(r['tokenization']['loaded_with'], sorted(m for m in ('transformers', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[-2] == "tokenizers []"

@@ -63,14 +63,14 @@ def tokenize_domain(
     if threads:  # the tokenizers library sizes its (Rayon) thread pool once, on first use
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     from analysis.corpora import m2d2
-    from analysis.lm.models import load_tokenizer
+    from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
     from analysis.lm.tokenize import PieceEncoder, lm_lines, pieces, tokenize_stream
     from analysis.lm.tokens import TokenWriter, stem_of, token_dtype
 
     stem = stem_of(output)
     if Path(metadata) != stem.with_name(stem.name + ".json"):
         raise PipelineError(f"token metadata {metadata} must sit beside {output} as <stem>.json")
-    tokenizer = load_tokenizer(model_name)
+    tokenizer = load_encoding_tokenizer(model_name)
     encoder = PieceEncoder(tokenizer)
     if encoder.rule.family is None:
         log.warning("%s: texts are tokenised whole, never cut (%s); a long text needs memory in proportion",
@@ -96,6 +96,7 @@ def tokenize_domain(
         seconds = time.perf_counter() - started
         total_bytes = sum(s["bytes"] for s in record["splits"].values())
         record["tokenization"] = {
+            "loaded_with": "tokenizers" if isinstance(tokenizer, FileTokenizer) else "transformers",
             "cut_rule": encoder.rule.family or "none (texts tokenised whole)", "reason": encoder.rule.reason,
             "cuts": encoder.cuts, "rejected_cuts": encoder.rejected_cuts, "piece_chars": piece_chars,
             "batch_chars": batch_chars, "threads": threads, "seconds": round(seconds, 3),

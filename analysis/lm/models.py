@@ -61,6 +61,75 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+#: Tokenizer classes that transformers builds from ``tokenizer.json`` exactly as the file says, with
+#: no class-specific normaliser, pre-tokenizer or added tokens (GPT2Tokenizer, LlamaTokenizer, ... may
+#: change those from ``tokenizer_config.json``: such tokenizers always load through transformers).
+VERBATIM_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+#: ``tokenizer_config.json`` keys that do not change how text is encoded.
+_ENCODING_NEUTRAL_KEYS = {
+    "backend", "tokenizer_class", "model_max_length", "clean_up_tokenization_spaces", "model_input_names",
+    "padding_side", "truncation_side", "added_tokens_decoder", "extra_special_tokens",
+    "bos_token", "eos_token", "unk_token", "pad_token", "cls_token", "sep_token", "mask_token",
+}
+
+
+class FileTokenizer:
+    """A ``tokenizer.json`` read by the tokenizers library alone, for jobs that only encode text.
+
+    Importing transformers (and with it torch) takes about 2.5 s, which is most of a small
+    ``tokenize_domain`` job. The attributes are those of a transformers fast tokenizer that the
+    encoding code uses: ``backend_tokenizer``, ``eos_token_id``, ``bos_token_id`` and ``len()``.
+    """
+
+    def __init__(self, backend, eos_token_id: int, bos_token_id: int | None):
+        self.backend_tokenizer = backend
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = bos_token_id
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def _token_content(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _file_tokenizer(name: str) -> FileTokenizer | None:
+    """``name``'s tokenizer read from its ``tokenizer.json`` when transformers would encode with that
+    file as it stands (a local directory, a class of ``VERBATIM_TOKENIZER_CLASSES``, only
+    encoding-neutral settings, an EOS token in the file); else ``None``."""
+    import json
+
+    directory = Path(name)
+    config_path, file_path = directory / "tokenizer_config.json", directory / "tokenizer.json"
+    if not (config_path.is_file() and file_path.is_file()) or (directory / "special_tokens_map.json").exists():
+        return None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") not in VERBATIM_TOKENIZER_CLASSES or set(config) - _ENCODING_NEUTRAL_KEYS:
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(file_path))
+    added = {token.content for token in backend.get_added_tokens_decoder().values()}
+    declared = [_token_content(t) for t in config.get("added_tokens_decoder", {}).values()]
+    if any(content not in added for content in declared):
+        return None  # transformers would add tokens the file does not hold
+    ids = {key: backend.token_to_id(_token_content(config[key])) if config.get(key) else None
+           for key in ("eos_token", "bos_token")}
+    if ids["eos_token"] is None:
+        return None  # load_tokenizer says why
+    backend.no_truncation()  # transformers encodes without the file's truncation or padding
+    backend.no_padding()
+    return FileTokenizer(backend, ids["eos_token"], ids["bos_token"])
+
+
+def load_encoding_tokenizer(name: str):
+    """A tokenizer for jobs that only turn text into ids: ``FileTokenizer`` where its encoding is that
+    of transformers (``_file_tokenizer``), else ``load_tokenizer``'s. Same ids either way (tested)."""
+    check_name(name)
+    return _file_tokenizer(name) or load_tokenizer(name)
+
+
 def load_causal_lm(name: str, dtype: str = "float32"):
     """``AutoModelForCausalLM`` weights of ``name``; refuses weights that did not load."""
     import torch
