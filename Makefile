@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format lock clean-results deepspeed-ops gpu-wheels
+.PHONY: run test test-unit lint format lock clean-results deepspeed-ops gpu-wheels
 
 # uv installs the pinned set in parallel: about 1 minute instead of pip's 2.5 (benchmarks/install.sh).
 # It does not read pip's configuration: the wheel directories pip is told of (PIP_FIND_LINKS, e.g.
@@ -26,6 +26,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The tests that do not run Snakemake (not marked integration): about a third of `make test`.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -19,7 +19,6 @@ from analysis.corpora.m2d2 import available_domains
 from analysis.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-SPLITS = ("train", "valid", "test")
 
 
 def _extend_with_defaults(validator_class):

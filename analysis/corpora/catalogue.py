@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Iterable, Mapping
 
-PORTIONS = ("wiki", "s2orc")
+#: The two portions of the release, as ``portion`` names them.
+WIKI, S2ORC = PORTIONS = ("wiki", "s2orc")
 
 _WIKI_TREE = {
     "Culture_and_the_arts": [
@@ -97,10 +98,10 @@ def portion(domain: str, overrides: Mapping[str, str] | None = None) -> str:
     if overrides and domain in overrides:
         return overrides[domain]
     if domain in WIKI_DOMAINS:
-        return "wiki"
+        return WIKI
     if domain in S2ORC_DOMAINS:
-        return "s2orc"
-    return "wiki" if domain[:1].isupper() else "s2orc"
+        return S2ORC
+    return WIKI if domain[:1].isupper() else S2ORC
 
 
 def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:

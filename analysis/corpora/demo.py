@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from analysis.corpora.m2d2 import SPLITS
 from analysis.io import atomic_open, derive_seed, write_text
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "webtext"
-SPLITS = ("train", "valid", "test")
 
 
 # --------------------------------------------------------------------------------------------------

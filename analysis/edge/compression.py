@@ -104,12 +104,6 @@ def sensitivity_sparsities(scan: Sequence[dict], max_drop: float) -> dict[str, f
     return chosen
 
 
-def _freeze_masks_and_train(net: nn.Module, train: ImageSet, settings: TrainSettings) -> list[dict]:
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return fit(net, train, settings)
-
-
 def prune_and_finetune(net: nn.Module, train: ImageSet, test: ImageSet, settings: TrainSettings, *,
                        sparsity: float | None = None, per_layer: dict[str, float] | None = None) -> dict:
     """Prune (globally to ``sparsity``, or per layer) and fine-tune with the masks fixed."""
@@ -123,7 +117,11 @@ def prune_and_finetune(net: nn.Module, train: ImageSet, test: ImageSet, settings
         prune.global_unstructured([(m, "weight") for m in layers.values()], pruning_method=prune.L1Unstructured,
                                   amount=sparsity)
     before = evaluate(pruned, test)
-    history = _freeze_masks_and_train(pruned, train, settings)
+    # Every parameter trains; the masks stay as they are because torch keeps them as buffers (the
+    # pruned weight is weight_orig * weight_mask), so pruned weights stay zero.
+    for parameter in pruned.parameters():
+        parameter.requires_grad_(True)
+    history = fit(pruned, train, settings)
     after = evaluate(pruned, test)
     report = size_report(pruned)
     for module in layers.values():  # make the zeros permanent

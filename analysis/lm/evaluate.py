@@ -30,8 +30,6 @@ from analysis.io import atomic_path, derive_seed, write_json
 
 log = logging.getLogger(__name__)
 
-ZERO_SHOT = "zero_shot"
-
 
 def sample_chunks(length: int, n_chunks: int, chunk_tokens: int, seed: int) -> tuple[np.ndarray, int]:
     """Sorted start offsets of up to ``n_chunks`` disjoint chunks of a stream of ``length`` tokens.

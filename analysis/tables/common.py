@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis.corpora.catalogue import PORTIONS, WIKI
 from analysis.errors import PipelineError
 from analysis.io import atomic_path, write_text
 
@@ -65,11 +66,11 @@ def save_figure(figure, path: str | Path, dpi: int = 150) -> None:
 
 def ordered_by_portion(domains: Sequence[str], portions: dict[str, str]) -> list[str]:
     """Wikipedia domains first, then S2ORC, each in the given order (the paper's figure order)."""
-    return [d for d in domains if portions[d] == "wiki"] + [d for d in domains if portions[d] != "wiki"]
+    return [d for d in domains if portions[d] == WIKI] + [d for d in domains if portions[d] != WIKI]
 
 
-PORTION_COLOURS = {"wiki": "tab:blue", "s2orc": "tab:orange"}
-PORTION_NAMES = {"wiki": "Wikipedia", "s2orc": "S2ORC"}
+PORTION_COLOURS = dict(zip(PORTIONS, ("tab:blue", "tab:orange")))
+PORTION_NAMES = dict(zip(PORTIONS, ("Wikipedia", "S2ORC")))
 
 
 def shade_portions(axis, domains: Sequence[str], portions: dict[str, str], alpha: float = 0.10) -> None:

@@ -1,6 +1,8 @@
 # Vision edge-training stages: a small inverted-residual net pretrained on a source task, TinyTL's
-# transfer modes, and sparse back-propagation (contribution analysis + evolutionary search under
-# memory budgets). Logic in analysis/edge/; tables and figures in analysis/tables/edge.py.
+# transfer modes, sparse back-propagation (contribution analysis + evolutionary search under memory
+# budgets), federated averaging, gradient leakage (DLG / iDLG) against its defenses, and
+# compression (pruning, quantization, distillation). Logic in analysis/edge/; tables and figures
+# in analysis/tables/edge.py, edge_privacy.py and edge_compression.py.
 
 
 rule edge:
