@@ -186,7 +186,7 @@ def evaluated(tmp_path_factory):
     """A tiny model, a domain tokenised under the keep policy, zero-shot and 'adapted' evaluations."""
     import torch
 
-    from analysis.lm.adapt import save_delta
+    from analysis.lm.models import save_delta
     from analysis.lm.data import tokenize_domain
     from analysis.lm.evaluate import evaluate
     from analysis.lm.models import load_causal_lm

@@ -16,8 +16,8 @@ from safetensors.torch import save_file, load_file
 
 from analysis.errors import PipelineError
 from analysis.lm import data
-from analysis.lm.adapt import adapt, apply_delta
-from analysis.lm.models import ModelLoadError, load_causal_lm, load_tokenizer
+from analysis.lm.adapt import adapt
+from analysis.lm.models import ModelLoadError, apply_delta, load_causal_lm, load_tokenizer
 from analysis.lm.train import TrainingInterrupted, TrainSettings, curve_steps, lr_lambda, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2, tiny_lm_texts, write_domain_dir

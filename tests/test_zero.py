@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from analysis.errors import PipelineError
-from analysis.lm.adapt import adapt, apply_delta
-from analysis.lm.models import load_causal_lm
+from analysis.lm.adapt import adapt
+from analysis.lm.models import apply_delta, load_causal_lm
 from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2

@@ -4,7 +4,7 @@ Outputs, in ``results/adapted/<model>/<join policy>/<mode>/<domain>/``:
 
 * ``weights/``: for ``full`` the adapted model (and tokenizer) in HF format; for the other modes only
   ``delta.safetensors``, the parameters the scheme changed at their adapted values (LoRA and partial
-  updates folded into the weights they modify), applied with ``apply_delta``;
+  updates folded into the weights they modify), applied with ``models.apply_delta``;
 * ``curves.tsv`` and ``curves.png``: validation, test and seen-first train loss along the epoch;
 * ``memory.json``: bytes saved for backward (by kind of operation), trainable, gradient and
   optimizer-state bytes, GPU peak;
@@ -42,28 +42,6 @@ def eval_sets(splits: Mapping[str, np.ndarray], order: np.ndarray, max_blocks: i
         if len(splits[name]):
             sets[name] = splits[name][:max_blocks]
     return sets
-
-
-def save_delta(model, names: list[str], directory: Path, metadata: dict) -> None:
-    from safetensors.torch import save_file
-
-    state = model.state_dict()
-    missing = [n for n in names if n not in state]
-    if missing:
-        raise PipelineError(f"delta names {missing[:3]} are not parameters of the merged model (a bug)")
-    save_file({n: state[n].detach().contiguous().cpu() for n in names}, str(directory / "delta.safetensors"),
-              metadata={"json": json.dumps(metadata)})
-
-
-def apply_delta(model, delta_dir: str | Path):
-    """Load ``delta.safetensors`` into a base model (in place); returns the model."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(Path(delta_dir) / "delta.safetensors"))
-    result = model.load_state_dict(tensors, strict=False)
-    if result.unexpected_keys:
-        raise PipelineError(f"{delta_dir}: delta keys not in the model: {result.unexpected_keys[:3]}")
-    return model
 
 
 def _dtype_name(state_dict: Mapping) -> str:
@@ -120,11 +98,23 @@ def adapt(
     seed: int,
     threads: int = 2,
 ) -> dict:
+    """Train ``model_spec`` for one epoch on ``domain``'s train stream (``tokens``, tokenised under
+    ``join_policy``) in ``mode`` and write the outputs listed in the module docstring to ``output_dir``.
+
+    The epoch visits each block of ``context_length`` tokens once, in an order shared by every mode;
+    the scheme of ``mode`` (``scheme_options``; ``auto_sparse`` searches one) sets what trains.
+    ``adaptation`` is the config section of that name (curve points, checkpoints, loss, the plan
+    check). Checkpoints go to ``checkpoint_dir``; a rerun with the same settings resumes from the
+    newest. Under ``deepspeed --num_gpus N`` every rank calls this and rank 0 writes the outputs.
+    Returns the metrics (``metrics.json``) on rank 0, ``{}`` elsewhere.
+    """
+    # torch, transformers, DeepSpeed and pandas are imported here, not at the top: importing this
+    # module (the CLI, the tables, the tests) should not cost their seconds of start-up.
     import pandas as pd
     import torch
 
     from analysis.lm.data import epoch_order, load_split, pack_blocks
-    from analysis.lm.models import load_causal_lm, load_tokenizer
+    from analysis.lm.models import load_causal_lm, load_tokenizer, save_delta
     from analysis.lm.train import TrainSettings, resolve_precision, train
     from analysis.selection.schemes import Scheme, apply_scheme, merged_model, touched_parameters, trainable_summary
 

@@ -50,8 +50,7 @@ def sample_chunks(length: int, n_chunks: int, chunk_tokens: int, seed: int) -> t
 
 def load_model(model_spec: Mapping, weights: str | Path | None, dtype: str):
     """The base model (``weights`` None), a saved full model, or the base with a delta applied."""
-    from analysis.lm.adapt import apply_delta
-    from analysis.lm.models import load_causal_lm
+    from analysis.lm.models import apply_delta, load_causal_lm
 
     if weights is None:
         return load_causal_lm(model_spec["name_or_path"], dtype=dtype)
@@ -91,6 +90,16 @@ def evaluate(
     weights: str | Path | None = None,
     threads: int = 1,
 ) -> dict:
+    """Score ``domain``'s evaluation split with the base model (``weights`` None, rule zero_shot) or an
+    adapted one (``weights``: a saved model or a delta, rule evaluate).
+
+    Writes ``output_json`` (token, word and byte perplexity over ``evaluation.split`` by strided
+    windows, with what was scored and how fast) and ``output_npz`` (token-level NLL of seeded disjoint
+    chunks of each split in ``evaluation.token_level.splits``, with the predicted token ids).
+    ``stage`` is ``zero_shot`` or the adaptation mode; ``train_policy`` the join policy the weights
+    were trained on. Returns what ``output_json`` holds.
+    """
+    # torch is imported here, not at the top: importing this module should not cost its start-up.
     import torch
 
     from analysis.lm.data import load_split

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -150,4 +151,28 @@ def load_causal_lm(name: str, dtype: str = "float32"):
             f"model {name!r}: {len(missing)} weights were not in the checkpoint and would be random "
             f"(e.g. {', '.join(sorted(missing)[:3])}); is this the right checkpoint format?"
         )
+    return model
+
+
+def save_delta(model, names: list[str], directory: Path, metadata: dict) -> None:
+    """Save the named parameters of ``model`` to ``directory/delta.safetensors`` (rule adapt's output
+    for every mode but ``full``), ``metadata`` as JSON in the file's header."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise PipelineError(f"delta names {missing[:3]} are not parameters of the merged model (a bug)")
+    save_file({n: state[n].detach().contiguous().cpu() for n in names}, str(directory / "delta.safetensors"),
+              metadata={"json": json.dumps(metadata)})
+
+
+def apply_delta(model, delta_dir: str | Path):
+    """Load ``delta.safetensors`` into a base model (in place); returns the model."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(delta_dir) / "delta.safetensors"))
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise PipelineError(f"{delta_dir}: delta keys not in the model: {result.unexpected_keys[:3]}")
     return model
