@@ -105,12 +105,38 @@ def validate(config: dict, schema: Mapping | None = None, source: str = "config"
     return config
 
 
-def section_defaults(section: str, schema: Mapping | None = None) -> dict:
-    """The schema's defaults of one top-level section (what a run that sets nothing there uses)."""
-    schema = schema if schema is not None else load_schema()
+def schema_defaults(path: str, schema: Mapping | None = None) -> dict:
+    """The schema's defaults of the section at a dotted ``path`` (``"similarity"``,
+    ``"edge.federated"``; ``*`` stands for any name, as in ``"models.*"``): what a run that sets
+    nothing there uses. Required keys without a default are left out."""
+    node = schema if schema is not None else load_schema()
+    for key in path.split("."):
+        found = node.get("additionalProperties") if key == "*" else node.get("properties", {}).get(key)
+        if not isinstance(found, Mapping):
+            raise ConfigError(f"no config section '{path}' in the schema (at '{key}')")
+        node = found
     values: dict = {}
-    _DefaultFillingValidator(schema["properties"][section]).validate(values)
+    for _ in _DefaultFillingValidator(node).iter_errors(values):  # fills defaults; missing required keys
+        pass
     return values
+
+
+def settings_from(cls, section: Mapping | None = None, **fixed):
+    """A settings dataclass from its config section: each field that the section sets, then ``fixed``
+    (values that do not come from the section: seeds, threads, a resolved precision).
+
+    The schema is the only place a default lives. Without a ``section`` (a caller of the library
+    with no config), the schema's defaults of ``cls.SECTION`` are used, so that caller gets the
+    numbers of a pipeline run that sets nothing.
+    """
+    import dataclasses
+
+    if section is None:
+        if not getattr(cls, "SECTION", None):
+            raise TypeError(f"{cls.__name__} stands for several config sections: pass the section")
+        section = schema_defaults(cls.SECTION)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in section.items() if k in names}, **fixed})
 
 
 def load(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict:

@@ -53,7 +53,7 @@ def defaults() -> tuple[dict, dist.Extrapolation]:
     """The similarity settings of the schema's defaults (what a pipeline run uses)."""
     from analysis import config as config_lib
 
-    similarity = config_lib.section_defaults("similarity")
+    similarity = config_lib.schema_defaults("similarity")
     return similarity, dist.Extrapolation(**similarity["fd_extrapolation"])
 
 
@@ -197,7 +197,7 @@ arguments = json.loads(sys.argv[2])
 if "extrapolation" in inspect.signature(compare_lib.compare).parameters:
     from analysis import config as config_lib
     from analysis.similarity.distances import Extrapolation
-    arguments["extrapolation"] = Extrapolation(**config_lib.section_defaults("similarity")["fd_extrapolation"])
+    arguments["extrapolation"] = Extrapolation(**config_lib.schema_defaults("similarity")["fd_extrapolation"])
 else:
     arguments["interval"] = "basic"
 with threadpool_limits(1):

@@ -54,7 +54,7 @@ from analysis.similarity import statistics as stats  # noqa: E402
 
 PAPER_DOMAINS = 199
 SEED = 20241121
-EXTRAPOLATION = dist.Extrapolation(**config_lib.section_defaults("similarity")["fd_extrapolation"])
+EXTRAPOLATION = dist.Extrapolation(**config_lib.schema_defaults("similarity")["fd_extrapolation"])
 
 
 def write_embeddings(path: Path, rows: int, dim: int, seed: int, shift: float, chunk: int = 65536) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from analysis.edge.nets import MobileNet
+from analysis.config import settings_from
 from analysis.edge.sparse import SparseSettings, search, search_space
 from analysis.edge.transfer import MODES, apply_mode, memory_report
 
@@ -90,7 +91,7 @@ def sparse_table(results: Path) -> None:
 
 def search_time(results: Path) -> None:
     net = net_of("demo")
-    settings = SparseSettings(batch_size=8)
+    settings = settings_from(SparseSettings, batch_size=8)
     path = results / "edge/sparse/contributions.json"
     if path.exists():
         blob, origin = json.loads(path.read_text()), str(path)

@@ -20,6 +20,7 @@ import statistics
 
 import torch
 
+from analysis.config import settings_from
 from analysis.edge import leakage
 from analysis.edge.data import load_task
 from analysis.edge.federated import FederatedSettings, federated_averaging
@@ -32,7 +33,7 @@ def federated(clients: list[int], size: int, threads: int) -> None:
           "| accuracy after 4 rounds |")
     print("|---|---|---|---|---|")
     for n in clients:
-        settings = FederatedSettings(clients=n, rounds=4, local_steps=20, batch_size=16, lr=0.05, threads=threads,
+        settings = settings_from(FederatedSettings, clients=n, rounds=4, local_steps=20, batch_size=16, lr=0.05, threads=threads,
                                      min_examples=2)
         result = federated_averaging(task.train, task.test, "iid", settings, size)
         later = result["round_seconds_median"]
@@ -46,7 +47,7 @@ def attack_speed(size: int) -> None:
           "median of 3 batches\n")
     print("| method | batch | L-BFGS steps/s | evaluations/s | final PSNR dB (median) |")
     print("|---|---|---|---|---|")
-    settings = leakage.AttackSettings(iterations=20, record_every=20, restarts=1)
+    settings = settings_from(leakage.AttackSettings, iterations=20, record_every=20, restarts=1)
     for method in leakage.METHODS:
         for batch in (1, 8):
             steps, evals, psnrs = [], [], []
@@ -67,7 +68,7 @@ def time_to_psnr(size: int, target: float = 30.0) -> None:
     print(f"\n## Time to PSNR {target:g} dB without defense, batch 1, median over 5 images\n")
     print("| method | seconds | L-BFGS steps | evaluations | reached |")
     print("|---|---|---|---|---|")
-    settings = leakage.AttackSettings(iterations=100, record_every=1, restarts=1)  # one start: its own time
+    settings = settings_from(leakage.AttackSettings, iterations=100, record_every=1, restarts=1)  # one start: its own time
     for method in leakage.METHODS:
         rows = []
         for image in range(5):

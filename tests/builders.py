@@ -150,3 +150,11 @@ def llama_style_tokenizer(texts: list[str], vocab_size: int = 900, newline_merge
     lines = texts if newline_merges else [line for text in texts for line in text.split("\n") if line]
     tokenizer.train_from_iterator(lines, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def transfer_training(**changes):
+    """Edge training settings: the schema's edge.transfer defaults with ``changes``."""
+    from analysis.config import schema_defaults, settings_from
+    from analysis.edge.train import TrainSettings
+
+    return settings_from(TrainSettings, schema_defaults("edge.transfer"), **changes)

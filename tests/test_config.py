@@ -93,7 +93,7 @@ def test_a_removed_or_renamed_key_says_what_took_its_place():
 
 
 def test_section_defaults_are_the_schemas():
-    defaults = config_lib.section_defaults("similarity")
+    defaults = config_lib.schema_defaults("similarity")
     assert defaults["fd_extrapolation"] == {"points": 5, "smallest_fraction": 0.25, "texts_per_dimension": 4,
                                             "orderings": 8}
     assert (defaults["resamples"], defaults["blocks"], defaults["estimator"]) == (200, 100, "corrected")
@@ -185,3 +185,45 @@ def test_cli_check_config(capsys, tmp_path):
     (tmp_path / "bad.yaml").write_text((REPO / "config.yaml").read_text().replace("n_texts", "n_text"))
     assert main(["check-config", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown key 'corpora.webtext.n_text' (did you mean 'n_texts'" in capsys.readouterr().err
+
+
+def test_settings_without_a_config_take_the_schemas_defaults():
+    from analysis.edge.federated import FederatedSettings
+    from analysis.edge.leakage import AttackSettings
+    from analysis.edge.sparse import SparseSettings
+    from analysis.selection.schemes import Scheme
+
+    federated = config_lib.settings_from(FederatedSettings)
+    assert (federated.rounds, federated.local_steps, federated.threads) == (20, 20, 2)  # the dataclass said 10, 10, 1
+    sparse = config_lib.settings_from(SparseSettings, unit_epochs=1)
+    assert (sparse.unit_epochs, sparse.population, sparse.train.epochs, sparse.train.batch_size) == (1, 24, 6, 16)
+    assert config_lib.settings_from(AttackSettings).iterations == 300
+    assert Scheme.from_config("sparse", {}).n_bias_update == 2  # the dataclass default is 0
+    assert Scheme.from_config("sparse", {"sparse": {"n_bias_update": 0}}).n_bias_update == 0
+    with pytest.raises(ConfigError, match="no config section 'edge.federate'"):
+        config_lib.schema_defaults("edge.federate")
+
+
+def test_the_schema_is_the_only_home_of_a_default():
+    """A field of a settings class that its config section sets has no default of its own."""
+    import dataclasses
+
+    from analysis.edge.federated import FederatedSettings
+    from analysis.edge.leakage import AttackSettings
+    from analysis.edge.sparse import SparseSettings
+    from analysis.edge.train import TrainSettings as EdgeTraining
+    from analysis.lm.train import TrainSettings as LMTraining
+
+    sections = {FederatedSettings: ["edge.federated"], SparseSettings: ["edge.sparse"],
+                AttackSettings: ["edge.leakage"], EdgeTraining: ["edge.pretrain", "edge.transfer"]}
+    for cls, paths in sections.items():
+        for path in paths:
+            for field in dataclasses.fields(cls):
+                if field.name in config_lib.schema_defaults(path):
+                    assert field.default is dataclasses.MISSING, (cls.__name__, field.name)
+    # The LM's TrainSettings keeps defaults for the tests and benchmarks that build it in code; they
+    # must be the schema's (models.<name> and adaptation).
+    schema = {**config_lib.schema_defaults("models.*"), **config_lib.schema_defaults("adaptation")}
+    for field in dataclasses.fields(LMTraining):
+        if field.name in schema and field.default is not dataclasses.MISSING:
+            assert field.default == schema[field.name], field.name

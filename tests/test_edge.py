@@ -16,10 +16,11 @@ from analysis.edge import nets, stages
 from analysis.edge.layers import ConvBN, ReLU6, avg_pool, pack_bits, unpack_bits
 from analysis.edge.nets import LeNet, MobileNet
 from analysis.edge.sparse import SparseSettings, contributions, scheme_memory
-from analysis.edge.train import TrainSettings, evaluate, fit
+from analysis.edge.train import evaluate, fit
 from analysis.edge.transfer import MODES, apply_mode, apply_sparse, memory_report
 from analysis.errors import ConfigError, PipelineError
 from analysis.selection.search import SparseScheme
+from tests.builders import transfer_training
 
 SHAPE = (1, 32, 32)
 
@@ -177,7 +178,7 @@ def test_sparse_scheme_errors_name_the_value():
     with pytest.raises(PipelineError, match="n_bias_update = 9"):
         apply_sparse(small_net(), SparseScheme(9), 3)
     with pytest.raises(PipelineError, match="edge.sparse.ratios: 0"):
-        SparseSettings(ratios=(0, 0.5)).check(small_net())
+        config_lib.settings_from(SparseSettings, ratios=(0, 0.5)).check(small_net())
 
 
 @pytest.mark.parametrize("batch", [1, 8])
@@ -251,8 +252,8 @@ def test_contribution_gains_are_measured_against_their_baselines():
     torch.manual_seed(0)
     data = stages.task(edge, "target", 1)
     train, validation = stages.split_validation(data.train, 0.25, 1)
-    settings = SparseSettings(ratios=(1.0,), layers=["-1.project"], unit_epochs=1, gain="loss",
-                              train=TrainSettings(epochs=1, batch_size=16))
+    settings = config_lib.settings_from(SparseSettings, ratios=(1.0,), layers=["-1.project"], unit_epochs=1,
+                                        gain="loss", train=transfer_training(epochs=1, batch_size=16))
     net = MobileNet(1, 3, stages=((1, 8, 1, 1), (4, 12, 2, 2)), head_channels=16)
     found = contributions(net, train, validation, settings)
     frozen, biases = found["baselines"]["frozen"], found["baselines"]["all_biases"]
@@ -270,7 +271,7 @@ def test_training_loop_learns_and_is_seeded():
     for _ in range(2):
         torch.manual_seed(0)
         net = MobileNet(1, 3, stages=((1, 8, 1, 1), (4, 12, 2, 2)), head_channels=16)
-        history = fit(net, data.train, TrainSettings(epochs=3, batch_size=16, seed=3))
+        history = fit(net, data.train, transfer_training(epochs=3, batch_size=16, seed=3))
         results.append((history, evaluate(net, data.test)))
     assert results[0] == results[1]
     assert results[0][0][-1]["train_loss"] < results[0][0][0]["train_loss"]

@@ -12,8 +12,9 @@ from torch.nn.utils import prune
 from analysis.edge import compression as C
 from analysis.edge.data import load_task
 from analysis.edge.nets import MobileNet
-from analysis.edge.train import TrainSettings, evaluate, fit
+from analysis.edge.train import evaluate, fit
 from analysis.errors import PipelineError
+from tests.builders import transfer_training
 
 SHAPE = (1, 16, 16)
 
@@ -23,7 +24,7 @@ def trained():
     task = load_task({"dataset": "digits", "classes": [0, 1, 2]}, image_size=16, channels=1, seed=1)
     torch.manual_seed(0)
     net = MobileNet(1, 3, stages=((1, 8, 1, 1), (4, 12, 2, 2)), head_channels=16)
-    fit(net, task.train, TrainSettings(epochs=6, batch_size=16, lr=0.05))
+    fit(net, task.train, transfer_training(epochs=6, batch_size=16, lr=0.05))
     return net, task
 
 
@@ -54,7 +55,7 @@ def test_torch_pruning_masks_reach_the_frugal_convolutions(trained):
 
 def test_prune_and_finetune_keeps_the_zeros(trained):
     net, task = trained
-    result = C.prune_and_finetune(net, task.train, task.test, TrainSettings(epochs=1, batch_size=32, lr=0.01),
+    result = C.prune_and_finetune(net, task.train, task.test, transfer_training(epochs=1, batch_size=32, lr=0.01),
                                   sparsity=0.8)
     assert result["sparsity"] >= 0.8 - 1e-3
     assert result["test_accuracy_finetuned"] >= result["test_accuracy_pruned"]
@@ -90,7 +91,7 @@ def test_kmeans_shares_2_to_the_bits_values_before_and_after_finetuning(trained)
     for module in C.weight_layers(quantizer.net).values():
         assert module.weight.unique().numel() <= 4
     before = [c.clone() for c, _ in quantizer.codebooks.values()]
-    quantizer.finetune(task.train, TrainSettings(epochs=1, batch_size=32, lr=0.01))
+    quantizer.finetune(task.train, transfer_training(epochs=1, batch_size=32, lr=0.01))
     for module in C.weight_layers(quantizer.net).values():
         assert module.weight.unique().numel() <= 4
     assert any(not torch.equal(a, c) for a, (c, _) in zip(before, quantizer.codebooks.values()))
@@ -127,5 +128,5 @@ def test_distilled_student_learns(trained):
     teacher, task = trained
     torch.manual_seed(0)
     student = MobileNet(1, 3, stages=((1, 8, 1, 1), (4, 12, 2, 2)), head_channels=16, width=0.5)
-    C.distill(teacher, student, task.train, TrainSettings(epochs=4, batch_size=16, lr=0.05), 4.0, 0.7)
+    C.distill(teacher, student, task.train, transfer_training(epochs=4, batch_size=16, lr=0.05), 4.0, 0.7)
     assert evaluate(student, task.test)["accuracy"] > 0.8

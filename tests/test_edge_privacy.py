@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from analysis import config as config_lib
+from analysis.config import settings_from
 from analysis.edge import leakage
 from analysis.edge.data import ImageSet, load_task
 from analysis.edge.federated import (CLIENT_RECORD, FederatedSettings, federated_averaging, in_client_order,
@@ -56,9 +57,9 @@ def test_partition_errors_name_the_value():
     with pytest.raises(PipelineError, match="alpha = 0.001 over 6 clients"):
         partition(labels, 6, "dirichlet", alpha=0.001, min_examples=2)
     with pytest.raises(PipelineError, match="edge.federated.clients = 7: 12 training images"):
-        FederatedSettings(clients=7).check(12)
+        settings_from(FederatedSettings, clients=7).check(12)
     with pytest.raises(PipelineError, match="edge.federated.fraction = 1.5"):
-        FederatedSettings(fraction=1.5).check(100)
+        settings_from(FederatedSettings, fraction=1.5).check(100)
 
 
 def test_local_training_lowers_the_loss(digits):
@@ -74,7 +75,7 @@ def test_local_training_lowers_the_loss(digits):
 def test_flower_fedavg_is_the_example_weighted_mean_of_the_client_updates(digits):
     """One round, one full-batch local step: the global model must be the weighted mean we compute."""
     train = ImageSet(digits.train.images[:30], digits.train.labels[:30], digits.train.classes)
-    settings = FederatedSettings(clients=2, rounds=1, local_steps=1, batch_size=1000, lr=0.1, seed=3, threads=2)
+    settings = settings_from(FederatedSettings, clients=2, rounds=1, local_steps=1, batch_size=1000, lr=0.1, seed=3, threads=2)
     result = federated_averaging(train, digits.test, "iid", settings, image_size=16)
     parts = partition(train.labels.numpy(), 2, "iid", seed=3)
     torch.manual_seed(3)
@@ -168,7 +169,7 @@ def test_one_image_is_recovered_without_defense_and_not_through_pruning(digits, 
     x, y = digits.test.images[3:4], digits.test.labels[3:4]
     net = leakage.attacked_net(1, 10, 16, 0)
     grads = leakage.gradients(net, x, y)
-    settings = leakage.AttackSettings(iterations=30, record_every=10)
+    settings = settings_from(leakage.AttackSettings, iterations=30, record_every=10)
     clear = leakage.attack(net, grads, x, y, method, settings)
     assert clear.metrics["psnr"] > 30 and clear.metrics["label_accuracy"] == 1.0
     assert set(clear.snapshots) == {"initial", "middle", "final"} and clear.curve[-1]["step"] == 30

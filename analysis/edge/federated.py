@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,16 +36,19 @@ PARTITIONS = ("iid", "dirichlet")
 
 @dataclass
 class FederatedSettings:
-    clients: int = 10
-    rounds: int = 10
-    local_steps: int = 10
-    batch_size: int = 16
-    lr: float = 0.05
-    fraction: float = 1.0  # of the clients sampled per round
-    alpha: float = 0.5  # Dirichlet concentration of the non-IID split
+    """Section edge.federated (``config.settings_from``)."""
+
+    SECTION: ClassVar[str] = "edge.federated"
+    clients: int
+    rounds: int
+    local_steps: int
+    batch_size: int
+    lr: float
+    fraction: float  # of the clients sampled per round
+    alpha: float  # Dirichlet concentration of the non-IID split
+    activation: str
+    threads: int
     min_examples: int = 2  # every client holds at least this many examples
-    activation: str = "relu"
-    threads: int = 1
     seed: int = 0
 
     def check(self, n_examples: int) -> None:

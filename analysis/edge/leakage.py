@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -141,13 +141,16 @@ def score(recon: torch.Tensor, truth: torch.Tensor, labels_pred: torch.Tensor, l
 
 @dataclass
 class AttackSettings:
-    iterations: int = 300  # L-BFGS steps
-    evaluations_per_step: int = 20  # L-BFGS max_iter: gradient-matching evaluations per step
-    record_every: int = 10
-    seed: int = 0
+    """The attack's part of section edge.leakage (``config.settings_from``)."""
+
+    SECTION: ClassVar[str] = "edge.leakage"
+    iterations: int  # L-BFGS steps
+    evaluations_per_step: int  # L-BFGS max_iter: gradient-matching evaluations per step
     # L-BFGS from a random start sometimes stalls (saturated sigmoids); the attacker, who sees the
     # gradient distance but not the image, restarts from a new random start and keeps the closest.
-    restarts: int = 2
+    restarts: int
+    record_every: int = 10
+    seed: int = 0
     converged: float = 1e-6  # no further restart once the distance fell below this share of its start
 
 

@@ -15,10 +15,12 @@ callables for the vision net:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
+from analysis.config import schema_defaults, settings_from
 from analysis.edge.data import ImageSet
 from analysis.edge.nets import MobileNet
 from analysis.edge.train import TrainSettings, evaluate, fit
@@ -33,15 +35,19 @@ GAINS = ("accuracy", "loss")
 
 @dataclass
 class SparseSettings:
-    ratios: Sequence[float] = (0.125, 0.25, 0.5, 1.0)
-    layers: Sequence[str] | str = "all"
-    unit_epochs: int = 2
-    gain: str = "accuracy"
-    batch_size: int = 8
-    population: int = 24
-    generations: int = 15
+    """Section edge.sparse (``config.settings_from``); ``train`` is edge.transfer's training."""
+
+    SECTION: ClassVar[str] = "edge.sparse"
+    ratios: Sequence[float]
+    layers: Sequence[str] | str
+    unit_epochs: int
+    gain: str
+    batch_size: int
+    population: int
+    generations: int
+    train: TrainSettings = field(
+        default_factory=lambda: settings_from(TrainSettings, schema_defaults("edge.transfer")))
     seed: int = 0
-    train: TrainSettings = field(default_factory=TrainSettings)
 
     def check(self, net: MobileNet) -> None:
         for ratio in self.ratios:
@@ -74,7 +80,7 @@ def contributions(source: MobileNet, train: ImageSet, validation: ImageSet, sett
     settings.check(source)
     space = search_space(source, settings)
     num_classes = len(train.classes)
-    unit = TrainSettings(**{**settings.train.__dict__, "epochs": settings.unit_epochs})
+    unit = dataclasses.replace(settings.train, epochs=settings.unit_epochs)
     start = apply_mode(copy.deepcopy(source), "last", num_classes, seed=settings.seed)
     fit(start, train, settings.train)  # the classifier every unit starts from
     classifier = copy.deepcopy(start.classifier.state_dict())

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from analysis.config import settings_from
 from analysis.edge import compression, leakage, nets
 from analysis.edge.data import ImageSet, Task, load_task
 from analysis.edge.federated import FederatedSettings, federated_averaging
@@ -48,8 +49,7 @@ def split_validation(data: ImageSet, fraction: float, seed: int) -> tuple[ImageS
 
 
 def _settings(section: dict, seed: int) -> TrainSettings:
-    return TrainSettings(epochs=section["epochs"], batch_size=section["batch_size"], lr=section["lr"],
-                         momentum=section["momentum"], weight_decay=section["weight_decay"], seed=seed)
+    return settings_from(TrainSettings, section, seed=seed)
 
 
 def _image_shape(edge: dict) -> tuple[int, int, int]:
@@ -123,10 +123,7 @@ def transfer(edge: dict, seed: int, source_path: str | Path, mode: str, out: str
 
 def sparse_settings(edge: dict, seed: int) -> SparseSettings:
     section = edge["sparse"]
-    return SparseSettings(ratios=section["ratios"], layers=section["layers"], unit_epochs=section["unit_epochs"],
-                          gain=section["gain"], batch_size=section["batch_size"], population=section["population"],
-                          generations=section["generations"], seed=seed,
-                          train=_settings(edge["transfer"], seed))
+    return settings_from(SparseSettings, section, seed=seed, train=_settings(edge["transfer"], seed))
 
 
 def contribution_stage(edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
@@ -169,10 +166,7 @@ def federated_stage(edge: dict, seed: int, scheme: str, out: str | Path, threads
     """FedAvg on the federated task under one partition scheme (iid or dirichlet)."""
     section = edge["federated"]
     data = task(edge, "federated.task", seed)
-    settings = FederatedSettings(clients=section["clients"], rounds=section["rounds"],
-                                 local_steps=section["local_steps"], batch_size=section["batch_size"],
-                                 lr=section["lr"], fraction=section["fraction"], alpha=section["alpha"],
-                                 activation=section["activation"], threads=threads, seed=seed)
+    settings = settings_from(FederatedSettings, section, threads=threads, seed=seed)
     result = federated_averaging(data.train, data.test, scheme, settings, edge["image_size"])
     write_json(out, result)
     return result
@@ -190,10 +184,8 @@ def leakage_stage(edge: dict, seed: int, defense: str, out: str | Path, snapshot
     image_shape = tuple(data.images.shape[1:])
     strengths = [0.0] if defense == "none" else section["defenses"][defense]
     batch_sizes = section["batch_sizes"] if defense == "none" else [section["defense_batch_size"]]
-    settings = leakage.AttackSettings(iterations=section["iterations"],
-                                      evaluations_per_step=section["evaluations_per_step"],
-                                      record_every=max(1, section["iterations"] // 20), seed=seed,
-                                      restarts=section["restarts"])
+    settings = settings_from(leakage.AttackSettings, section, record_every=max(1, section["iterations"] // 20),
+                             seed=seed)
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(data.labels), generator=generator)
     attacks, arrays = [], {}
@@ -299,9 +291,8 @@ def distillation_stage(edge: dict, seed: int, source_path: str | Path, out: str 
     section = edge["compression"]["distillation"]
     train, _, test = _compression_data(edge, seed)
     teacher = nets.load(source_path)
-    settings = TrainSettings(epochs=section["epochs"], batch_size=edge["pretrain"]["batch_size"],
-                             lr=edge["pretrain"]["lr"], momentum=edge["pretrain"]["momentum"],
-                             weight_decay=edge["pretrain"]["weight_decay"], seed=seed)
+    # The student trains as the source net was pretrained, for the distillation's own epochs.
+    settings = settings_from(TrainSettings, edge["pretrain"], epochs=section["epochs"], seed=seed)
     student_config = {**teacher.config, "width": section["student_width"]}
 
     def student() -> torch.nn.Module:

@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    """SGD with a cosine schedule; one class for the sections edge.pretrain, edge.transfer and
+    edge.compression's fine-tuning, whose defaults differ: build it with
+    ``config.settings_from(TrainSettings, section)`` (``config.schema_defaults("edge.transfer")``
+    without a config)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
     seed: int = 0
 
 

@@ -28,6 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
+from analysis.config import settings_from
 from analysis.errors import PipelineError
 from analysis.io import atomic_dir, derive_seed, write_json
 
@@ -136,18 +137,12 @@ def adapt(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(model_spec["dtype"], device)
-    settings = TrainSettings(
-        learning_rate=model_spec["learning_rate"], weight_decay=model_spec["weight_decay"],
-        warmup_fraction=model_spec["warmup_fraction"], schedule=model_spec["schedule"],
-        micro_batch_size=model_spec["micro_batch_size"],
-        gradient_accumulation_steps=model_spec["gradient_accumulation_steps"],
-        gradient_clipping=model_spec["gradient_clipping"], zero_stage=model_spec["zero_stage"],
-        offload_optimizer=model_spec.get("offload_optimizer", False),
-        offload_parameters=model_spec.get("offload_parameters", False),
-        gradient_checkpointing=model_spec.get("gradient_checkpointing", False),
-        precision=precision, eval_batch_size=model_spec["eval_batch_size"],
-        curve_points=adaptation["curve_points"], checkpoint_every=adaptation["checkpoint_every"],
-        seed=derive_seed(seed, "steps", model_key, domain), loss=adaptation.get("loss", "model"),
+    # The model's section (learning rate, batch, ZeRO, ...) and the adaptation section's curve and
+    # checkpoint settings; the precision resolved for this device.
+    settings = settings_from(
+        TrainSettings, model_spec, precision=precision, curve_points=adaptation["curve_points"],
+        checkpoint_every=adaptation["checkpoint_every"], loss=adaptation.get("loss", "model"),
+        seed=derive_seed(seed, "steps", model_key, domain),
     )
     if settings.offload_optimizer:  # a missing compiled op fails here, in one line, before any weight loads
         from analysis.lm.ops import load_cpu_adam

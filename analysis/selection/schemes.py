@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from analysis.config import schema_defaults
 from analysis.errors import PipelineError
 
 MODES = ("full", "bias", "last", "norm_last", "lora", "sparse")
@@ -41,7 +42,7 @@ class SchemeError(PipelineError):
 class Scheme:
     mode: str
     blocks: int = 1
-    n_bias_update: int = 0
+    n_bias_update: int = 0  # for a scheme built in code; from_config gives the config's (schema: 2)
     weight_update: dict[str, float] = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
 
@@ -49,14 +50,14 @@ class Scheme:
     def from_config(cls, mode: str, schemes: dict) -> "Scheme":
         if mode not in MODES:
             raise SchemeError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        options = dict(schemes.get(mode, {}))
+        # What the config leaves out of adaptation.schemes.<mode> takes the schema's default there.
+        options = {**schema_defaults("adaptation.schemes").get(mode, {}), **schemes.get(mode, {})}
         if mode in ("last", "norm_last"):
-            return cls(mode, blocks=options.get("blocks", 1))
+            return cls(mode, blocks=options["blocks"])
         if mode == "lora":
             return cls(mode, lora=options)
         if mode == "sparse":
-            return cls(mode, n_bias_update=options.get("n_bias_update", 0),
-                       weight_update=dict(options.get("weight_update", {})))
+            return cls(mode, n_bias_update=options["n_bias_update"], weight_update=dict(options["weight_update"]))
         return cls(mode)
 
     def describe(self) -> dict:
