@@ -159,7 +159,7 @@ def test_metrics():
     image = torch.rand(1, 16, 16)
     assert leakage.ssim(image, image) == pytest.approx(1.0)
     assert leakage.ssim(image, torch.rand(1, 16, 16)) < 0.3
-    assert leakage.psnr(0.01) == pytest.approx(20.0)
+    assert leakage.psnr(torch.zeros(1, 4, 4), torch.full((1, 4, 4), 0.1)) == pytest.approx(20.0)  # MSE 0.01
     truth = torch.rand(3, 1, 8, 8)
     assert leakage.match(truth[[2, 0, 1]], truth).tolist() == [1, 2, 0]
 
