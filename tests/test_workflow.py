@@ -86,6 +86,17 @@ def demo_run(tmp_path_factory):
     return workdir, configfile
 
 
+@pytest.fixture
+def demo_copy(demo_run, tmp_path):
+    """A copy of the demo run (outputs, checkpoints and Snakemake's records, modification times
+    kept) for a test that deletes or rebuilds outputs: the shared run stays as the read-only tests
+    expect it, whatever the order the tests run in."""
+    workdir, configfile = demo_run
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy, symlinks=True)
+    return copy, copy / configfile.relative_to(workdir)
+
+
 def test_demo_dag_produces_every_sample(demo_run):
     workdir, configfile = demo_run
     cfg = yaml.safe_load(configfile.read_text())
@@ -135,14 +146,14 @@ def test_demo_base_model_and_adaptation_in_every_mode(demo_run):
     assert not any((workdir / "checkpoints").rglob("*.pt"))  # removed once outputs are written
 
 
-def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_run):
+def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_copy):
     """kill -9 of the whole Snakemake process group mid-training, then the usual rerun."""
     import signal
     import time
 
     from safetensors.torch import load_file
 
-    workdir, demo_configfile = demo_run
+    workdir, demo_configfile = demo_copy
     # Checkpoints every 5 steps (they do not change the arithmetic): the tiny run lasts ~1 s.
     cfg = yaml.safe_load(demo_configfile.read_text())
     cfg["adaptation"]["checkpoint_every"] = 5
@@ -175,11 +186,9 @@ def test_killed_adapt_job_resumes_from_its_checkpoint_to_the_same_weights(demo_r
     assert "resumed from checkpoints/adapt/tiny-gpt2/keep/full/hep-ex" in log
     resumed = load_file(str(run / "weights/model.safetensors"))
     assert max(float((resumed[k] - reference[k]).abs().max()) for k in reference) < 1e-5
-    # Back to the demo's params, and everything downstream of the retrained run up to date again.
-    assert snakemake(workdir, configfile=demo_configfile).returncode == 0
 
 
-def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(demo_run):
+def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(demo_copy):
     """SIGTERM to the training process mid-epoch, as SLURM sends it at preemption or at the time
     limit: the job saves a checkpoint and fails; Snakemake's retry resumes from that checkpoint."""
     import signal
@@ -187,7 +196,7 @@ def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(demo_run)
 
     from safetensors.torch import load_file
 
-    workdir, configfile = demo_run
+    workdir, configfile = demo_copy
     target = "results/adapted/tiny-gpt2/keep/full/hep-ex/metrics.json"
     run = workdir / "results/adapted/tiny-gpt2/keep/full/hep-ex"
     log = workdir / "results/logs/adapt/tiny-gpt2/keep/full/hep-ex.log"
@@ -216,7 +225,6 @@ def test_sigterm_checkpoints_and_the_retry_resumes_to_the_same_weights(demo_run)
     assert resumed and 0 < int(resumed[1]) < int(resumed[2]), output[-3000:]  # ... and the retry went on
     weights = load_file(str(run / "weights/model.safetensors"))
     assert max(float((weights[k] - reference[k]).abs().max()) for k in reference) < 1e-5
-    assert snakemake(workdir, configfile=configfile).returncode == 0  # downstream up to date again
 
 
 def test_demo_perplexity_tables_and_figures(demo_run):
@@ -490,8 +498,8 @@ def test_nothing_reruns_when_up_to_date(demo_run):
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_recomputed_sample_is_identical(demo_run):
-    workdir, configfile = demo_run
+def test_recomputed_sample_is_identical(demo_copy):
+    workdir, configfile = demo_copy
     target = workdir / "results/samples/domains/hep-ex.parquet"
     before = pq.read_table(target).to_pydict()
     target.unlink()

@@ -63,12 +63,9 @@ def _tied_keys(model) -> set[str]:
 
 
 def curves_figure(curves: list[dict], title: str, path: str | Path) -> None:
-    import matplotlib
+    from analysis.tables.common import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from analysis.tables.common import save_figure
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 3.6))
     fractions = [row["epoch_fraction"] for row in curves]

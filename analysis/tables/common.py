@@ -80,3 +80,44 @@ def shade_portions(axis, domains: Sequence[str], portions: dict[str, str], alpha
         if members:
             axis.axvspan(min(members) - 0.5, max(members) + 0.5, color=colour, alpha=alpha,
                          label=f"{PORTION_NAMES[portion]} portion")
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def blank_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells that do not apply (a mode's budget, a bias unit's layer) written empty, not 'nan' or '<NA>'."""
+    return frame.apply(lambda c: c.astype(object).where(c.notna(), "") if c.isna().any() else c)
+
+
+def label_points(axis, points: list[tuple[float, float, str, str]], step: float = 0.045) -> None:
+    """Label points, moving a label to the nearest free height (with a leader line) where it would cover
+    another label or point: modes and schemes often land on nearly the same memory and accuracy."""
+    (x0, x1), (y0, y1) = axis.get_xlim(), axis.get_ylim()
+    inches = axis.get_position().width * axis.figure.get_figwidth()
+    spots = [((math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)), (y - y0) / (y1 - y0))
+             for x, y, _, _ in points]  # in axes fractions
+    boxes = []  # placed labels: (left, right, centre height)
+    for (x, y, text, colour), (fx, fy) in sorted(zip(points, spots), key=lambda item: item[0][1]):
+        width = len(text) * 7 * 0.55 / 72 / inches  # 7-point text, about 0.55 em a character
+        right = fx + 0.02 + width > 1  # no room on the right: the label goes left of its point
+        left = fx - 0.02 - width if right else fx + 0.02
+        def free(level: float) -> bool:
+            return 0.03 < level < 0.97 and not (
+                any(lo < left + width and left < hi and abs(level - h) < step for lo, hi, h in boxes)
+                or any(left - 0.01 < px < left + width + 0.01 and abs(level - py) < 0.6 * step
+                       for px, py in spots if (px, py) != (fx, fy)))
+        tries = [fy + sign * k * step for k in range(1, 20) for sign in (1, -1)]
+        level = next((t for t in [fy, *tries] if free(t)), fy)  # nowhere free: overlap rather than leave the axes
+        boxes.append((left, left + width, level))
+        axis.annotate(text, (x, y), xytext=(left, level), textcoords="axes fraction", ha="left", va="center",
+                      fontsize=7, color=colour,
+                      bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5),  # over grid and budget lines
+                      arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.5) if level != fy else None)

@@ -18,8 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import read_json as _read
-from analysis.tables.common import save_figure, write_table
+from analysis.tables.common import blank_cells, label_points, pyplot, read_json, save_figure, write_table
 
 # The order of analysis.edge.transfer.MODES, repeated so that tables need not import torch.
 MODE_ORDER = ("full", "last", "bn_last", "bias", "lite_residual", "lite_residual_bias")
@@ -69,12 +68,12 @@ def _method_rows(name: str, kind: str, blob: dict, metric: str) -> tuple[list[di
 def _load_methods(transfers, sparse, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     loaded = []  # (sort key, name, kind, path, blob)
     for path in transfers:
-        blob = _read(path, "transfer result", ("mode", "test", "trained_parameters", "memory"))
+        blob = read_json(path, "transfer result", ("mode", "test", "trained_parameters", "memory"))
         mode = blob["mode"]
         rank = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
         loaded.append(((0, rank, 0.0, mode), mode, "mode", path, blob))
     for path in sparse:
-        blob = _read(path, "sparse result", ("budget_kib", "scheme", "estimated_gain", "search", "test",
+        blob = read_json(path, "sparse result", ("budget_kib", "scheme", "estimated_gain", "search", "test",
                                              "trained_parameters", "memory"))
         budget = blob["budget_kib"]
         loaded.append(((1, 0, float(budget), ""), f"sparse@{budget:g}KiB", "sparse", path, blob))
@@ -117,17 +116,12 @@ def contribution_table(blob: dict) -> pd.DataFrame:
     return frame.loc[order.sort_values(["_unit", "k", "_layer", "ratio"]).index].reset_index(drop=True)
 
 
-def _blank(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cells that do not apply (a mode's budget, a bias unit's layer) written empty, not 'nan' or '<NA>'."""
-    return frame.apply(lambda c: c.astype(object).where(c.notna(), "") if c.isna().any() else c)
-
-
 def edge_tables(pretrain: str | Path, transfers: Sequence[str | Path], contributions: str | Path,
                 sparse: Sequence[str | Path], tables_dir: str | Path,
                 figures_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Write transfer, memory_layers and contributions tables (TSV + Markdown) and three figures."""
-    source = _read(pretrain, "pretraining metrics", ("test", "parameters"))
-    contrib_blob = _read(contributions, "contribution analysis", ("gain", "baselines", "bias", "weight"))
+    source = read_json(pretrain, "pretraining metrics", ("test", "parameters"))
+    contrib_blob = read_json(contributions, "contribution analysis", ("gain", "baselines", "bias", "weight"))
     try:
         contrib = contribution_table(contrib_blob)
         baselines = ", ".join(f"{name} {value['accuracy']:.3f}" for name, value in contrib_blob["baselines"].items())
@@ -137,7 +131,7 @@ def edge_tables(pretrain: str | Path, transfers: Sequence[str | Path], contribut
         raise PipelineError(f"{contributions} or {pretrain} is malformed: {type(error).__name__} {error}") from None
     transfer, layers = _load_methods(transfers, sparse, contrib_blob["gain"])
     tables, figures = Path(tables_dir), Path(figures_dir)
-    write_table(_blank(transfer), tables / "transfer.tsv", tables / "transfer.md", title=(
+    write_table(blank_cells(transfer), tables / "transfer.tsv", tables / "transfer.md", title=(
         f"Target-task transfer: TinyTL modes and sparse schemes found under a budget of extra memory ({source_note}). "
         "Memory in KiB per batch size; extra = gradients + optimizer + saved activations (analytic); "
         "training = parameters + gradients + optimizer + activation peak; *_ratio_full = full's value / this row's; "
@@ -145,7 +139,7 @@ def edge_tables(pretrain: str | Path, transfers: Sequence[str | Path], contribut
     write_table(layers, tables / "memory_layers.tsv", tables / "memory_layers.md", title=(
         "Activations saved for backward per layer (KiB): analytic by TinyTL's rules, measured with the frugal "
         "layers and with stock PyTorch layers; match: analytic == measured, byte for byte"))
-    write_table(_blank(contrib), tables / "contributions.tsv", tables / "contributions.md", title=(
+    write_table(blank_cells(contrib), tables / "contributions.tsv", tables / "contributions.md", title=(
         f"Contribution analysis on the validation split ({contrib_blob['gain']} gain): biases of the last k blocks "
         "against the frozen net, one layer's weight at a ratio against all biases trained; baseline accuracies "
         f"{baselines}"))
@@ -153,15 +147,6 @@ def edge_tables(pretrain: str | Path, transfers: Sequence[str | Path], contribut
     contribution_figure(contrib, figures / "contributions.png")
     sparse_figure(transfer, figures / "sparse.png")
     return {"transfer": transfer, "memory_layers": layers, "contributions": contrib}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 STYLES = {"mode": ("tab:blue", "o", "TinyTL transfer mode"), "sparse": ("tab:red", "^", "sparse back-propagation")}
@@ -179,39 +164,13 @@ def _scatter(axis, frame: pd.DataFrame, x: str) -> None:
     for which in ("major", "minor"):  # "400", not "4 x 10^2"; minor ticks labelled where the range is short
         getattr(axis.xaxis, f"set_{which}_formatter")(ticker.LogFormatter(labelOnlyBase=False))
     axis.grid(alpha=0.3, which="both")
-    _labels(axis, [(getattr(r, x), r.test_accuracy, f"{r.budget_kib:g} KiB budget" if r.kind == "sparse" else r.method,
+    label_points(axis, [(getattr(r, x), r.test_accuracy, f"{r.budget_kib:g} KiB budget" if r.kind == "sparse" else r.method,
                     STYLES[r.kind][0]) for r in frame.itertuples()])
-
-
-def _labels(axis, points: list[tuple[float, float, str, str]], step: float = 0.045) -> None:
-    """Label points, moving a label to the nearest free height (with a leader line) where it would cover
-    another label or point: modes and schemes often land on nearly the same memory and accuracy."""
-    (x0, x1), (y0, y1) = axis.get_xlim(), axis.get_ylim()
-    inches = axis.get_position().width * axis.figure.get_figwidth()
-    spots = [((math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0)), (y - y0) / (y1 - y0))
-             for x, y, _, _ in points]  # in axes fractions
-    boxes = []  # placed labels: (left, right, centre height)
-    for (x, y, text, colour), (fx, fy) in sorted(zip(points, spots), key=lambda item: item[0][1]):
-        width = len(text) * 7 * 0.55 / 72 / inches  # 7-point text, about 0.55 em a character
-        right = fx + 0.02 + width > 1  # no room on the right: the label goes left of its point
-        left = fx - 0.02 - width if right else fx + 0.02
-        def free(level: float) -> bool:
-            return 0.03 < level < 0.97 and not (
-                any(lo < left + width and left < hi and abs(level - h) < step for lo, hi, h in boxes)
-                or any(left - 0.01 < px < left + width + 0.01 and abs(level - py) < 0.6 * step
-                       for px, py in spots if (px, py) != (fx, fy)))
-        tries = [fy + sign * k * step for k in range(1, 20) for sign in (1, -1)]
-        level = next((t for t in [fy, *tries] if free(t)), fy)  # nowhere free: overlap rather than leave the axes
-        boxes.append((left, left + width, level))
-        axis.annotate(text, (x, y), xytext=(left, level), textcoords="axes fraction", ha="left", va="center",
-                      fontsize=7, color=colour,
-                      bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5),  # over grid and budget lines
-                      arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.5) if level != fy else None)
 
 
 def transfer_figure(frame: pd.DataFrame, note: str, path: str | Path) -> None:
     """TinyTL's figure: target test accuracy against training memory, one panel per batch size."""
-    plt = _pyplot()
+    plt = pyplot()
     batches = sorted(frame["batch_size"].unique())
     figure, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.5), sharey=True, squeeze=False)
     for axis, batch in zip(axes[0], batches):
@@ -228,7 +187,7 @@ def transfer_figure(frame: pd.DataFrame, note: str, path: str | Path) -> None:
 
 def contribution_figure(frame: pd.DataFrame, path: str | Path) -> None:
     """Bias gain against k (left); weight gain per layer and ratio as a heat map (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     gain = frame.columns[-1]
     metric = gain.removeprefix("gain_")
     bias = frame[frame["unit"] == "bias"]
@@ -260,7 +219,7 @@ def contribution_figure(frame: pd.DataFrame, path: str | Path) -> None:
 
 def sparse_figure(frame: pd.DataFrame, path: str | Path) -> None:
     """Accuracy against extra memory for full, last, bias and each sparse budget (batch 8, else the largest)."""
-    plt = _pyplot()
+    plt = pyplot()
     batch = 8 if (frame["batch_size"] == 8).any() else int(frame["batch_size"].max())
     part = frame[(frame["batch_size"] == batch)
                  & (frame["method"].isin(["full", "last", "bias"]) | (frame["kind"] == "sparse"))]

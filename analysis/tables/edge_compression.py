@@ -17,8 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import save_figure, write_table
-from analysis.tables.edge import _blank, _labels, _pyplot, _read
+from analysis.tables.common import blank_cells, label_points, pyplot, read_json, save_figure, write_table
 
 FAMILIES = {  # family -> colour, marker (the reference: a star)
     "reference": ("black", "*"), "fine-grained pruning": ("tab:blue", "o"), "channel pruning": ("tab:orange", "s"),
@@ -97,10 +96,10 @@ def sensitivity_table(blob: dict, path) -> pd.DataFrame:
 def compression_tables(pruning: str | Path, quantization: str | Path, distillation: str | Path,
                        tables_dir: str | Path, figures_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Write compression and sensitivity tables (TSV + Markdown) and two figures; return the two tables."""
-    p = _read(pruning, "pruning result",
+    p = read_json(pruning, "pruning result",
               ("reference", "sensitivity", "sensitivity_sparsities", "fine_grained", "channels"))
-    q = _read(quantization, "quantization result", ("reference", "kmeans", "linear"))
-    d = _read(distillation, "distillation result", ("teacher", "student", "students", "student_width"))
+    q = read_json(quantization, "quantization result", ("reference", "kmeans", "linear"))
+    d = read_json(distillation, "distillation result", ("teacher", "student", "students", "student_width"))
     rows = _rows(_pruning_rows, pruning, "pruning result", p) + \
         _rows(_quantization_rows, quantization, "quantization result", q) + \
         _rows(_distillation_rows, distillation, "distillation result", d)
@@ -114,7 +113,7 @@ def compression_tables(pruning: str | Path, quantization: str | Path, distillati
     base = float((scan["validation_accuracy"] + scan["accuracy_drop"]).iloc[0])
     drop = p.get("max_accuracy_drop")
     alpha = next((r.get("alpha") for r in d["students"] if r.get("temperature") is not None), None)
-    write_table(_blank(frame), tables / "compression.tsv", tables / "compression.md", title=(
+    write_table(blank_cells(frame), tables / "compression.tsv", tables / "compression.md", title=(
         f"Compression of the source net (test accuracy {p['reference']['test_accuracy']:.3f}, "
         f"{p['reference']['size_kib']:.1f} KiB): size_kib = stored weights (weight_kib: non-zeros at 32 bits for "
         "pruning, bits per weight + float32 codebooks for k-means, + a float32 scale and zero point per channel for "
@@ -165,7 +164,7 @@ def _reference(axis, frame: pd.DataFrame, x: float) -> None:
 def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
     from matplotlib import ticker
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     left, middle, right = axes
     for family in FAMILIES:
@@ -209,7 +208,7 @@ def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
         axis.set_ylabel("source-task test accuracy")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    _labels(left, [(r.size_kib, r.test_accuracy, _short(r.setting), FAMILIES[r.family][0])  # after the limits
+    label_points(left, [(r.size_kib, r.test_accuracy, _short(r.setting), FAMILIES[r.family][0])  # after the limits
                    for r in frame.itertuples()], step=0.04)
     figure.suptitle("Compressing the source net: pruning, quantization and distillation", fontsize=11)
     figure.tight_layout()
@@ -218,7 +217,7 @@ def compression_figure(frame: pd.DataFrame, path: str | Path) -> None:
 
 def sensitivity_figure(scan: pd.DataFrame, base: float, drop: float | None, path: str | Path) -> None:
     """Small multiples, one panel a layer in the net's order: validation accuracy against sparsity."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = list(dict.fromkeys(scan["layer"]))
     columns = min(6, len(layers))
     rows = -(-len(layers) // columns)

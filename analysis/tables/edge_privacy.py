@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import save_figure, write_table
-from analysis.tables.edge import _blank, _pyplot, _read
+from analysis.tables.common import blank_cells, pyplot, read_json, save_figure, write_table
 
 # The orders of analysis.edge.federated.PARTITIONS and analysis.edge.leakage, repeated so tables need not import torch.
 PARTITION_ORDER = ("iid", "dirichlet")
@@ -48,7 +47,7 @@ def federated_table(federated: Sequence[str | Path]) -> tuple[pd.DataFrame, str,
     """One row per (partition, round), the title's settings text and the (label, blob) of each run."""
     loaded, paths = [], {}
     for path in federated:
-        blob = _read(path, "federated result", ("partition", "clients", "settings", "rounds"))
+        blob = read_json(path, "federated result", ("partition", "clients", "settings", "rounds"))
         if blob["partition"] in paths:
             raise PipelineError(f"{paths[blob['partition']]} and {path} are both results of {blob['partition']}")
         paths[blob["partition"]] = path
@@ -86,7 +85,7 @@ def leakage_table(leakage: Sequence[str | Path], snapshots: Sequence[str | Path]
         raise PipelineError(f"edge privacy tables: {len(leakage)} leakage results but {len(snapshots)} snapshot files")
     rows, runs = [], {}
     for path, npz in zip(leakage, snapshots):
-        blob = _read(path, "leakage result", ("defense", "attacks", "settings"))
+        blob = read_json(path, "leakage result", ("defense", "attacks", "settings"))
         if not Path(npz).is_file():
             raise PipelineError(f"leakage snapshots {npz} (beside {path}) do not exist")
         if blob["defense"] in runs:
@@ -124,7 +123,7 @@ def privacy_tables(federated: Sequence[str | Path], leakage: Sequence[str | Path
     fed, settings, runs = federated_table(federated)
     leak, leak_runs = leakage_table(leakage, snapshots)
     tables, figures = Path(tables_dir), Path(figures_dir)
-    write_table(_blank(fed), tables / "federated.tsv", tables / "federated.md", title=(
+    write_table(blank_cells(fed), tables / "federated.tsv", tables / "federated.md", title=(
         f"Federated averaging on Flower: test accuracy of the global model per round ({settings}). Round 0 is "
         "the initial model (no train loss); train_loss: clients' mean local loss weighted by their examples; "
         "seconds: elapsed since the simulation started (round 1 includes Ray's start-up); round_seconds: this round"))
@@ -141,7 +140,7 @@ def privacy_tables(federated: Sequence[str | Path], leakage: Sequence[str | Path
 
 
 def federated_figure(frame: pd.DataFrame, runs: list[tuple[str, dict]], path: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for (label, blob), (_, part) in zip(runs, frame.groupby("partition", sort=False)):
         axis.plot(part["round"], part["test_accuracy"], marker="o", markersize=4,
@@ -177,7 +176,7 @@ def reconstruction_figure(runs: dict, path: str | Path) -> None:
     """DLG's figure: per (method, batch size) of the no-defense run's first attack, the reconstruction at the
     start, the middle and the end of the attack beside the true images (a batch as rows of about twice as
     many columns: 8 as 2 x 4), all at one scale."""
-    plt = _pyplot()
+    plt = pyplot()
     defense = "none" if "none" in runs else next(iter(runs))
     source, npz, blob = runs[defense]
     weakest, first = min(a["strength"] for a in blob["attacks"]), {}
@@ -232,7 +231,7 @@ DEFENSE_AXES = {  # title, x label, x scale
 
 def defense_figure(table: pd.DataFrame, path: str | Path) -> None:
     """Per defense: the attacks' PSNR (left) and the defended net's test accuracy (right) against strength."""
-    plt = _pyplot()
+    plt = pyplot()
     defenses = [d for d in table["defense"].unique() if d != "none"] or ["none"]
     figure, axes = plt.subplots(1, len(defenses), figsize=(5 * len(defenses), 4.2), squeeze=False)
     styles = dict(zip(METHOD_ORDER, (("tab:blue", "o", 8), ("tab:orange", "x", 6))))  # iDLG's points inside DLG's

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tables.common import ordered_by_portion, save_figure, shade_portions, write_table
+from analysis.tables.common import ordered_by_portion, pyplot, save_figure, shade_portions, write_table
 from analysis.tables.tokens import load_chunks, splits_of, token_changes
 
 COLUMNS = [
@@ -114,10 +114,7 @@ def join_policy_table(runs, mode, decoders, tsv, markdown, figures: Sequence[str
 def join_policy_figure(frame: pd.DataFrame, model: str, path: str | Path) -> None:
     """Per domain and training policy: relative perplexity change overall (top) and on newline
     tokens (bottom); portions shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     portions = frame.drop_duplicates("domain").set_index("domain")["portion"].to_dict()
     domains = ordered_by_portion(list(portions), portions)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import ordered_by_portion, read_json, save_figure, shade_portions, write_table
+from analysis.tables.common import ordered_by_portion, pyplot, read_json, save_figure, shade_portions, write_table
 from analysis.tables.similarity import drawn_distances
 
 COLUMNS = [
@@ -187,10 +187,7 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     pretraining corpus rescaled to [0, 1] (lines, right axis; which estimates: ``similarity.
     drawn_distances``); portions shaded. When the changes span more than two orders of magnitude the
     bars use a symmetric log scale, so small changes stay visible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     selected = (perplexity["model"] == model) & (perplexity["mode"] == mode)
     if policy is not None:
@@ -236,10 +233,7 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
 
 def curves_figure(curve_paths: Sequence[str | Path], domains: Sequence[str], title: str, path: str | Path) -> None:
     """Validation and test loss along the epoch, one panel per domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = min(4, len(domains))
     rows = math.ceil(len(domains) / columns)

@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import ordered_by_portion, read_json, save_figure, shade_portions, write_table
+from analysis.tables.common import ordered_by_portion, pyplot, read_json, save_figure, shade_portions, write_table
 
 COLUMNS = [
     "corpus", "domain", "portion", "n_corpus", "n_domain", "n_over_d_corpus", "n_over_d_domain",
@@ -90,10 +90,7 @@ def drawn_distances(frame: pd.DataFrame, estimator: str) -> dict[str, tuple[str,
 def similarity_figure(frame: pd.DataFrame, corpus: str, path: str | Path, estimator: str = "corrected") -> None:
     """MMD (left axis) and FD (right axis) per domain with intervals, Wikipedia / S2ORC shaded; which
     estimates are drawn: ``drawn_distances``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = frame[frame["corpus"] == corpus].set_index("domain")
     domains = ordered_by_portion(list(rows.index), rows["portion"].to_dict())

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import PipelineError
-from analysis.tables.common import save_figure, write_table
+from analysis.tables.common import pyplot, save_figure, write_table
 
 KINDS = ("newline", "whitespace", "other")
 TABLE_COLUMNS = ["split", "token_id", "token", "kind", "count", "nll_zero_shot", "nll_adapted",
@@ -150,10 +150,7 @@ def token_figure(summary: pd.DataFrame, per_domain: Mapping[str, pd.DataFrame], 
     """Left: per domain, the share of the NLL change from newline, other whitespace and other tokens
     (shares sum to 1; a negative share is a part that got worse while the total improved).
     Right: the tokens with the largest summed change across domains (test split where present)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     split = "test" if (summary["split"] == "test").any() else (summary["split"].iloc[0] if len(summary) else "test")
     rows = summary[summary["split"] == split].reset_index(drop=True)
