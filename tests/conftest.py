@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.builders import WIKI_TEST, WIKI_TRAIN, WIKI_VALID, PAPER_TRAIN, write_domain_archive, write_domain_dir
+from tests.workflow import small_demo_config, snakemake
 
 
 @pytest.fixture
@@ -18,3 +20,27 @@ def m2d2_root(tmp_path: Path) -> Path:
     write_domain_dir(root, "Human_activites__Human_activities", wiki)
     write_domain_archive(root, "math.AG", {"train": PAPER_TRAIN, "valid": "v\n", "test": "t\n"})
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The small demo run end to end, once per test session (~8 minutes); tests only read it."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    configfile = small_demo_config(workdir / "config.yaml")
+    # ~8 minutes on 2 quiet cores; the limit only guards against a hang.
+    result = snakemake(workdir, configfile=configfile, timeout=1500)
+    assert result.returncode == 0, result.output[-4000:]
+    # The run's closing words (onsuccess): what it made and its headline numbers, from its tables.
+    assert "Headline numbers of this run:" in result.output and "Wikipedia vs S2ORC domains" in result.output
+    return workdir, configfile
+
+
+@pytest.fixture
+def demo_copy(demo_run, tmp_path):
+    """A copy of the demo run (outputs, checkpoints and Snakemake's records, modification times
+    kept) for a test that deletes or rebuilds outputs: the shared run stays as the read-only tests
+    expect it, whatever the order the tests run in."""
+    workdir, configfile = demo_run
+    copy = tmp_path / "demo"
+    shutil.copytree(workdir, copy, symlinks=True)
+    return copy, copy / configfile.relative_to(workdir)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.builders import REPO
-from tests.test_workflow import job_counts, small_demo_config, snakemake
+from tests.workflow import job_counts, small_demo_config, snakemake
 
 pytestmark = pytest.mark.integration
 
