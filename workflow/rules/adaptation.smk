@@ -1,6 +1,9 @@
 # Adaptation: the demo base model, tokenised domains, one-epoch DeepSpeed adaptation per mode.
 
 
+include: "adaptation_specs.smk"
+
+
 rule pretrain_base:
     input:
         lambda wildcards: corpus_files(config["models"][wildcards.model]["corpus"]),

@@ -173,55 +173,6 @@ def all_targets():
     )
 
 
-def edge_params(*sections):
-    """The parts of the edge config a rule reads, so that changing a budget does not rerun pretraining
-    (Snakemake reruns a job whose params changed). The sparse section goes without its budget list.
-    """
-    picked = {key: EDGE[key] for key in ("image_size", "channels", *sections)}
-    if "federated" in picked:  # Ray's CPUs are the rule's threads
-        picked["federated"] = {
-            k: v for k, v in EDGE["federated"].items() if k != "threads"
-        }
-    if "sparse" in picked:
-        picked["sparse"] = {
-            k: v for k, v in EDGE["sparse"].items() if k != "budgets_kib"
-        }
-    return picked
-
-
-def edge_targets():
-    """The edge stages' tables and figures (target `edge`)."""
-    return [
-        *expand(
-            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
-            table=["transfer", "memory_layers", "contributions"],
-            ext=["tsv", "md"],
-        ),
-        *expand(
-            f"{RESULTS}/edge/figures/{{figure}}.png",
-            figure=["transfer_memory", "contributions", "sparse"],
-        ),
-        *expand(
-            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
-            table=["federated", "leakage"],
-            ext=["tsv", "md"],
-        ),
-        *expand(
-            f"{RESULTS}/edge/figures/{{figure}}.png",
-            figure=["federated", "leakage_reconstructions", "leakage_defenses"],
-        ),
-        *expand(
-            f"{RESULTS}/edge/tables/{{table}}.{{ext}}",
-            table=["compression", "sensitivity"],
-            ext=["tsv", "md"],
-        ),
-        *expand(
-            f"{RESULTS}/edge/figures/{{figure}}.png",
-            figure=["compression", "sensitivity"],
-        ),
-    ]
-
-
 def token_files(model, policy, domain):
     """The token files tokenize_domain writes, for wildcards or values: streams, offsets, metadata."""
     stem = f"{RESULTS}/tokens/{model}/{policy}/{domain}"
@@ -237,80 +188,6 @@ def model_inputs(wildcards):
     if wildcards.model in PRETRAINED:
         return [f"{RESULTS}/models/{wildcards.model}/metrics.json"]
     return []
-
-
-def adapt_spec(wildcards, output, threads):
-    """The adapt job's arguments, one shell-quoted JSON word (the deepspeed launcher passes it on)."""
-    import json
-    import shlex
-
-    spec = {
-        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}.log",
-        "model_key": wildcards.model,
-        "model_spec": config["models"][wildcards.model],
-        "mode": wildcards.mode,
-        "join_policy": wildcards.policy,
-        "scheme_options": ADAPTATION["schemes"],
-        "domain": wildcards.domain,
-        "tokens": token_files(wildcards.model, wildcards.policy, wildcards.domain)[
-            "tokens"
-        ],
-        "output_dir": str(Path(output.metrics).parent),
-        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}",
-        "adaptation": {
-            k: ADAPTATION[k]
-            for k in (
-                "curve_points",
-                "curve_max_blocks",
-                "seen_first_fraction",
-                "checkpoint_every",
-                "loss",
-                "plan",
-            )
-        },
-        "seed": config["seed"],
-        "threads": threads,
-    }
-    return shlex.quote(json.dumps(spec))
-
-
-def join_policy_runs(input):
-    """The ablation's runs, each with the evaluation files (without extension) of its zero-shot and
-    adapted model, from the inputs of rule join_policy_table (expanded json before npz).
-    """
-    zero_shot = iter(input.zero_shot[::2])
-    stems = {
-        (model, domain): Path(next(zero_shot)).with_suffix("")
-        for model in ABLATION["models"]
-        for domain in ABLATION_DOMAINS
-    }
-    adapted = iter(input.adapted[::2])
-    return [
-        {
-            "model": model,
-            "policy": policy,
-            "domain": domain,
-            "zero_shot": str(stems[model, domain]),
-            "adapted": str(Path(next(adapted)).with_suffix("")),
-        }
-        for model in ABLATION["models"]
-        for policy in ABLATION["policies"]
-        for domain in ABLATION_DOMAINS
-    ]
-
-
-def evaluation_spec(wildcards):
-    """Arguments of analysis.lm.evaluate.evaluate shared by rules zero_shot and evaluate."""
-    return {
-        "model_key": wildcards.model,
-        "model_spec": config["models"][wildcards.model],
-        "stage": wildcards.get("mode", "zero_shot"),
-        "train_policy": wildcards.get("policy"),
-        "domain": wildcards.domain,
-        "portion": config_lib.domain_portion(config, wildcards.domain),
-        "evaluation": EVALUATION,
-        "seed": config["seed"],
-    }
 
 
 def grows(minutes):
@@ -331,14 +208,6 @@ def model_resource(stage, key):
         return value * attempt if key == "runtime" else value
 
     return resource
-
-
-def launcher(gpus):
-    """One process, or `deepspeed --num_gpus N` for multi-GPU jobs."""
-    script = workflow.source_path("../scripts/adapt.py")
-    if gpus > 1:
-        return f"deepspeed --num_gpus {gpus} {script}"
-    return f"{sys.executable} {script}"
 
 
 def domain_files(domain, splits):
@@ -369,16 +238,6 @@ def domain_text_bytes(files):
         for f in files
         if os.path.exists(f)
     )
-
-
-def domain_inputs(wildcards):
-    """The split files (or the archive) a domain sample reads."""
-    return domain_files(wildcards.domain, config["sampling"]["domain_splits"])
-
-
-def source_inputs(wildcards):
-    """The local files a source-corpus sample reads (none for a hub dataset or a remote path)."""
-    return corpus_files(wildcards.corpus)
 
 
 def corpus_files(corpus):

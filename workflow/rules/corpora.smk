@@ -1,6 +1,9 @@
 # Corpora: the embedded demo corpus, and seeded samples of source corpora and M2D2 domains.
 
 
+include: "corpora_specs.smk"
+
+
 if DEMO["enabled"]:
 
     rule demo_corpus:

@@ -5,9 +5,7 @@
 # in analysis/tables/edge.py, edge_privacy.py and edge_compression.py.
 
 
-rule edge:
-    input:
-        edge_targets(),
+include: "edge_specs.smk"
 
 
 rule edge_pretrain:
@@ -296,3 +294,8 @@ rule edge_compression_tables:
         "../../envs/edge.yaml"
     script:
         "../scripts/edge_compression_tables.py"
+
+
+rule edge:
+    input:
+        edge_targets(),

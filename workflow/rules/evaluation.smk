@@ -2,6 +2,9 @@
 # and the tables and figures that compare them.
 
 
+include: "evaluation_specs.smk"
+
+
 rule zero_shot:
     input:
         **token_files("{model}", EVAL_POLICY, "{domain}"),
@@ -196,19 +199,18 @@ rule curves_figure:
 
 rule join_policy_table:
     input:
-        zero_shot=expand(
-            f"{RESULTS}/eval/{{model}}/zero_shot/{{domain}}.{{ext}}",
-            model=ABLATION["models"],
-            domain=ABLATION_DOMAINS,
-            ext=["json", "npz"],
+        zero_shot=sorted(
+            {
+                f"{run['zero_shot']}.{ext}"
+                for run in join_policy_runs()
+                for ext in ("json", "npz")
+            }
         ),
-        adapted=expand(
-            f"{RESULTS}/eval/{{model}}/{{policy}}/{ABLATION['mode']}/{{domain}}.{{ext}}",
-            model=ABLATION["models"],
-            policy=ABLATION["policies"],
-            domain=ABLATION_DOMAINS,
-            ext=["json", "npz"],
-        ),
+        adapted=[
+            f"{run['adapted']}.{ext}"
+            for run in join_policy_runs()
+            for ext in ("json", "npz")
+        ],
     output:
         tsv=report(
             f"{RESULTS}/tables/join_policy.tsv",
@@ -229,7 +231,7 @@ rule join_policy_table:
     conda:
         "../../envs/adaptation.yaml"
     params:
-        runs=lambda wildcards, input: join_policy_runs(input),
+        runs=join_policy_runs(),
         mode=ABLATION["mode"],
         tokenizers={m: config["models"][m]["name_or_path"] for m in ABLATION["models"]},
     script:
