@@ -315,3 +315,11 @@ def distillation_stage(edge: dict, seed: int, source_path: str | Path, out: str 
               "epochs": section["epochs"], "students": rows, "seconds": time.perf_counter() - start}
     write_json(out, result)
     return result
+
+
+def compression_stage(method: str, edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
+    """Rule edge_compress: ``pruning``, ``quantization`` or ``distillation`` of the source net."""
+    stages = {"pruning": pruning_stage, "quantization": quantization_stage, "distillation": distillation_stage}
+    if method not in stages:
+        raise PipelineError(f"unknown compression method {method!r}; expected one of {', '.join(stages)}")
+    return stages[method](edge, seed, source_path, out)

@@ -62,25 +62,6 @@ def _tied_keys(model) -> set[str]:
     return tied
 
 
-def curves_figure(curves: list[dict], title: str, path: str | Path) -> None:
-    from analysis.tables.common import pyplot, save_figure
-
-    plt = pyplot()
-
-    figure, axis = plt.subplots(figsize=(6, 3.6))
-    fractions = [row["epoch_fraction"] for row in curves]
-    labels = {"valid_loss": "validation", "test_loss": "test", "train_first_loss": "train, seen first"}
-    for key, label in labels.items():
-        if key in curves[0]:
-            axis.plot(fractions, [row[key] for row in curves], marker="o", label=label)
-    axis.set_xlabel("fraction of the epoch")
-    axis.set_ylabel("loss (nats per token)")
-    axis.set_title(title, fontsize=9)
-    axis.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
 def adapt(
     *,
     model_key: str,
@@ -203,10 +184,11 @@ def adapt(
     curves = result.pop("curves")
     pd_curves = pd.DataFrame(curves)
     from analysis.tables.common import write_table
+    from analysis.tables.curves import curve_figure
 
     write_table(pd_curves, output_dir / "curves.tsv")
-    curves_figure(curves, f"{model_key}, {mode}, {domain} (trained on join policy {join_policy})",
-                  output_dir / "curves.png")
+    curve_figure(curves, f"{model_key}, {mode}, {domain} (trained on join policy {join_policy})",
+                 output_dir / "curves.png")
     memory = {"model": model_key, "mode": mode, "domain": domain, "join_policy": join_policy, **result.pop("memory"),
               "trainable_fraction": summary["trainable_fraction"]}
     write_json(output_dir / "memory.json", memory)

@@ -229,30 +229,3 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     labels = [lab for a in (axis, right) for lab in a.get_legend_handles_labels()[1]]
     axis.legend(handles, labels, fontsize=7, loc="upper left")
     save_figure(figure, path)
-
-
-def curves_figure(curve_paths: Sequence[str | Path], domains: Sequence[str], title: str, path: str | Path) -> None:
-    """Validation and test loss along the epoch, one panel per domain."""
-    plt = pyplot()
-
-    columns = min(4, len(domains))
-    rows = math.ceil(len(domains) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False, sharex=True)
-    labels = {"valid_loss": "validation", "test_loss": "test", "train_first_loss": "train, seen first"}
-    for axis, domain, curve_path in zip(axes.flat, domains, curve_paths):
-        curves = pd.read_csv(curve_path, sep="\t")
-        for key, label in labels.items():
-            if key in curves:
-                axis.plot(curves["epoch_fraction"], curves[key], marker="o", markersize=3, label=label)
-        axis.set_title(domain, fontsize=7)
-        axis.tick_params(labelsize=7)
-    for axis in list(axes.flat)[len(domains):]:
-        axis.axis("off")
-    for axis in axes[:, 0]:
-        axis.set_ylabel("loss (nats/token)", fontsize=7)
-    for axis in axes[-1, :]:
-        axis.set_xlabel("fraction of the epoch", fontsize=7)
-    axes.flat[0].legend(fontsize=6)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    save_figure(figure, path)

@@ -2,13 +2,10 @@
 
 import torch
 
-from analysis.edge import stages
+from analysis.edge.stages import compression_stage
 from analysis.runner import rule_log
-
-STAGES = {"pruning": stages.pruning_stage, "quantization": stages.quantization_stage,
-          "distillation": stages.distillation_stage}
 
 with rule_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    STAGES[snakemake.wildcards.method](snakemake.params.edge, snakemake.params.seed, snakemake.input.net,
-                                       snakemake.output.json)
+    compression_stage(snakemake.wildcards.method, snakemake.params.edge, snakemake.params.seed,
+                      snakemake.input.net, snakemake.output.json)
