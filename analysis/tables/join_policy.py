@@ -9,7 +9,6 @@ the total; perplexities of token groups do not add and are given for reading.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -17,8 +16,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tables.common import ordered_by_portion, pyplot, save_figure, shade_portions, write_table
-from analysis.tables.tokens import load_chunks, splits_of, token_changes
+from analysis.tables.common import ordered_by_portion, pyplot, read_json, save_figure, shade_portions, write_table
+from analysis.tables.tokens import group_totals, load_chunks, perplexity_of, splits_of, token_changes
 
 COLUMNS = [
     "model", "domain", "portion", "train_policy", "eval_policy", "mode",
@@ -31,27 +30,15 @@ COLUMNS = [
 ]
 
 
-def _group(frame: pd.DataFrame, mask: pd.Series) -> tuple[int, float, float]:
-    """Tokens, summed zero-shot NLL and summed adapted NLL of the rows in ``mask``."""
-    part = frame[mask]
-    count = int(part["count"].sum())
-    zero = float((part["nll_zero_shot"] * part["count"]).sum())
-    return count, zero, float((part["nll_adapted"] * part["count"]).sum())
-
-
-def _ppl(total: float, count: int) -> float:
-    return math.exp(total / count) if count else math.nan
-
-
 def split_change(frame: pd.DataFrame) -> dict:
     """The token-level change of one domain split into newline, whitespace and other tokens."""
     whitespace = frame["kind"].isin(["newline", "whitespace"])
     row = {"chunk_tokens": int(frame["count"].sum())}
     totals = {}
     for name, mask in (("newline", frame["kind"] == "newline"), ("whitespace", whitespace), ("other", ~whitespace)):
-        count, zero, adapted = _group(frame, mask)
+        count, zero, adapted = group_totals(frame, mask)
         totals[name] = zero - adapted
-        zero_ppl, adapted_ppl = _ppl(zero, count), _ppl(adapted, count)
+        zero_ppl, adapted_ppl = perplexity_of(zero, count), perplexity_of(adapted, count)
         row.update({f"ppl_{name}_zero_shot": zero_ppl, f"ppl_{name}_adapted": adapted_ppl,
                     f"ppl_{name}_change": zero_ppl - adapted_ppl})
         if name != "other":
@@ -65,10 +52,6 @@ def split_change(frame: pd.DataFrame) -> dict:
     return row
 
 
-def _read(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def collect(runs: Sequence[Mapping], mode: str, decoders: Mapping[str, Callable[[int], str]],
             split: str = "test") -> pd.DataFrame:
     """One row per (model, training policy, domain) run of the ablation; each run names the
@@ -77,7 +60,8 @@ def collect(runs: Sequence[Mapping], mode: str, decoders: Mapping[str, Callable[
     for run in runs:
         model, policy, domain = run["model"], run["policy"], run["domain"]
         zero_path, adapted_path = run["zero_shot"], run["adapted"]
-        zero, adapted = _read(f"{zero_path}.json"), _read(f"{adapted_path}.json")
+        zero = read_json(f"{zero_path}.json", "zero-shot evaluation record")
+        adapted = read_json(f"{adapted_path}.json", "adapted evaluation record")
         row = {
             "model": model, "domain": domain, "portion": adapted["portion"], "train_policy": policy,
             "eval_policy": adapted["eval_policy"], "mode": mode,

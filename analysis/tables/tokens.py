@@ -85,25 +85,32 @@ def token_changes(zero_ids: np.ndarray, zero_nll: np.ndarray, adapted_ids: np.nd
     return frame.sort_values("nll_change_sum", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
 
 
+def group_totals(frame: pd.DataFrame, mask: pd.Series | None = None) -> tuple[int, float, float]:
+    """Tokens, summed zero-shot NLL and summed adapted NLL of per-token rows (those in ``mask``)."""
+    part = frame if mask is None else frame[mask]
+    count = int(part["count"].sum())
+    zero = float((part["nll_zero_shot"] * part["count"]).sum())
+    return count, zero, float((part["nll_adapted"] * part["count"]).sum())
+
+
+def perplexity_of(total_nll: float, count: int) -> float:
+    return math.exp(total_nll / count) if count else math.nan
+
+
 def summarise(frame: pd.DataFrame, top_k: int) -> dict:
     """Totals of one domain and split from its per-token rows."""
-    n = frame["count"].sum()
-    zero = (frame["nll_zero_shot"] * frame["count"]).sum()
-    adapted = (frame["nll_adapted"] * frame["count"]).sum()
+    n, zero, adapted = group_totals(frame)
     total = zero - adapted
     shares = {kind: frame.loc[frame["kind"] == kind, "nll_change_sum"].sum() / total if total else math.nan
               for kind in KINDS}
-    newline = frame[frame["kind"] == "newline"]
-    n_newline = int(newline["count"].sum())
+    n_newline, newline_zero, newline_adapted = group_totals(frame, frame["kind"] == "newline")
     by_change = frame.sort_values("nll_change_sum", kind="stable")
     return {
-        "tokens": int(n),
-        "ppl_zero_shot": math.exp(zero / n), "ppl_adapted": math.exp(adapted / n), "nll_change_sum": total,
+        "tokens": n,
+        "ppl_zero_shot": perplexity_of(zero, n), "ppl_adapted": perplexity_of(adapted, n), "nll_change_sum": total,
         "newline_tokens": n_newline,
-        "ppl_newline_zero_shot": math.exp((newline["nll_zero_shot"] * newline["count"]).sum() / n_newline)
-        if n_newline else math.nan,
-        "ppl_newline_adapted": math.exp((newline["nll_adapted"] * newline["count"]).sum() / n_newline)
-        if n_newline else math.nan,
+        "ppl_newline_zero_shot": perplexity_of(newline_zero, n_newline),
+        "ppl_newline_adapted": perplexity_of(newline_adapted, n_newline),
         "newline_share": shares["newline"],
         "whitespace_share": shares["newline"] + shares["whitespace"],
         "other_share": shares["other"],
