@@ -144,3 +144,15 @@ def test_missing_or_malformed_inputs_name_the_file(inputs, tmp_path):
         privacy_tables([rounds_missing], leaks, snaps, tmp_path, tmp_path)
     with pytest.raises(PipelineError, match="both results of iid"):
         privacy_tables([feds[1], feds[1]], leaks, snaps, tmp_path, tmp_path)
+
+
+def test_the_schema_offers_the_names_the_stages_know():
+    """The config's enums and the stages' names (analysis/edge/names.py) are the same lists."""
+    from analysis import config as config_lib
+    from analysis.edge import names
+
+    edge = config_lib.load_schema()["properties"]["edge"]["properties"]
+    assert edge["transfer"]["properties"]["modes"]["items"]["enum"] == list(names.MODES)
+    assert edge["federated"]["properties"]["partitions"]["items"]["enum"] == list(names.PARTITIONS)
+    assert set(edge["leakage"]["properties"]["defenses"]["properties"]) == set(names.DEFENSES) - {"none"}
+    assert edge["leakage"]["properties"]["methods"]["items"]["enum"] == list(names.METHODS)

@@ -27,11 +27,11 @@ import torch
 from torch.nn import functional as F
 
 from analysis.edge.data import ImageSet
+from analysis.edge.names import PARTITIONS
 from analysis.edge.nets import LeNet
 from analysis.errors import PipelineError
 
 log = logging.getLogger(__name__)
-PARTITIONS = ("iid", "dirichlet")
 
 
 @dataclass

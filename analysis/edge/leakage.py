@@ -29,12 +29,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch.nn import functional as F
 
+from analysis.edge.names import DEFENSES, METHODS
 from analysis.edge.nets import LeNet
 from analysis.errors import PipelineError
 
 log = logging.getLogger(__name__)
-DEFENSES = ("none", "gaussian", "laplacian", "prune")
-METHODS = ("dlg", "idlg")
 
 
 def check_defense(name: str, strength: float) -> None:

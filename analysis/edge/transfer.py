@@ -25,13 +25,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from analysis.edge.layers import ConvBN
+from analysis.edge.names import MODES
 from analysis.edge.nets import MobileNet
 from analysis.edge.train import set_training
 from analysis.errors import PipelineError
 from analysis.selection.memory import analytic_memory, saved_for_backward
 from analysis.selection.search import SparseScheme
 
-MODES = ("full", "last", "bn_last", "bias", "lite_residual", "lite_residual_bias")
 LAYER_KINDS = ("expand", "depthwise", "project")
 
 

@@ -17,11 +17,10 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis.edge.names import MODES
 from analysis.errors import PipelineError
 from analysis.tables.common import blank_cells, label_points, pyplot, read_json, save_figure, write_table
 
-# The order of analysis.edge.transfer.MODES, repeated so that tables need not import torch.
-MODE_ORDER = ("full", "last", "bn_last", "bias", "lite_residual", "lite_residual_bias")
 KIB = 1024
 MEMORY_COLUMNS = {  # table column -> memory_report field (bytes)
     "parameter_kib": "parameter_bytes", "gradient_kib": "gradient_bytes", "optimizer_kib": "optimizer_bytes",
@@ -70,7 +69,7 @@ def _load_methods(transfers, sparse, metric: str) -> tuple[pd.DataFrame, pd.Data
     for path in transfers:
         blob = read_json(path, "transfer result", ("mode", "test", "trained_parameters", "memory"))
         mode = blob["mode"]
-        rank = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+        rank = MODES.index(mode) if mode in MODES else len(MODES)
         loaded.append(((0, rank, 0.0, mode), mode, "mode", path, blob))
     for path in sparse:
         blob = read_json(path, "sparse result", ("budget_kib", "scheme", "estimated_gain", "search", "test",

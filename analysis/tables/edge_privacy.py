@@ -17,13 +17,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.edge.names import DEFENSES, METHODS, PARTITIONS
 from analysis.errors import PipelineError
 from analysis.tables.common import blank_cells, pyplot, read_json, save_figure, write_table
 
-# The orders of analysis.edge.federated.PARTITIONS and analysis.edge.leakage, repeated so tables need not import torch.
-PARTITION_ORDER = ("iid", "dirichlet")
-DEFENSE_ORDER = ("none", "gaussian", "laplacian", "prune")
-METHOD_ORDER = ("dlg", "idlg")
 METHOD_NAMES = {"dlg": "DLG", "idlg": "iDLG"}
 DEFENDED_PSNR_DB = 20.0
 STAGES = ("initial", "middle", "final", "truth")
@@ -51,7 +48,7 @@ def federated_table(federated: Sequence[str | Path]) -> tuple[pd.DataFrame, str,
         if blob["partition"] in paths:
             raise PipelineError(f"{paths[blob['partition']]} and {path} are both results of {blob['partition']}")
         paths[blob["partition"]] = path
-        loaded.append((_rank(PARTITION_ORDER, blob["partition"]), blob["partition"], path, blob))
+        loaded.append((_rank(PARTITIONS, blob["partition"]), blob["partition"], path, blob))
     if not loaded:
         raise PipelineError("edge privacy tables: no federated results were given")
     rows, notes, runs = [], [], []
@@ -111,8 +108,8 @@ def leakage_table(leakage: Sequence[str | Path], snapshots: Sequence[str | Path]
         raise PipelineError(f"leakage results {', '.join(map(str, leakage))}: a strength, batch size or metric is "
                             f"not a number: {error}") from None
     table["defended"] = table["psnr_db"] < DEFENDED_PSNR_DB
-    order = table.assign(_d=table["defense"].map(lambda d: _rank(DEFENSE_ORDER, d)),
-                         _m=table["method"].map(lambda m: _rank(METHOD_ORDER, m)))
+    order = table.assign(_d=table["defense"].map(lambda d: _rank(DEFENSES, d)),
+                         _m=table["method"].map(lambda m: _rank(METHODS, m)))
     table = table.loc[order.sort_values(["_d", "defense", "strength", "_m", "method", "batch_size"]).index]
     return table.reset_index(drop=True), runs
 
@@ -182,7 +179,7 @@ def reconstruction_figure(runs: dict, path: str | Path) -> None:
     weakest, first = min(a["strength"] for a in blob["attacks"]), {}
     for attack in blob["attacks"]:
         if attack["strength"] == weakest:
-            first.setdefault((_rank(METHOD_ORDER, attack["method"]), attack["method"], attack["batch_size"]), attack)
+            first.setdefault((_rank(METHODS, attack["method"]), attack["method"], attack["batch_size"]), attack)
     attacks = [attack for _, attack in sorted(first.items())]
     columns = [math.ceil(a["batch_size"] / max(1, round(math.sqrt(a["batch_size"] / 2)))) for a in attacks]
     width = max(columns)
@@ -234,7 +231,7 @@ def defense_figure(table: pd.DataFrame, path: str | Path) -> None:
     plt = pyplot()
     defenses = [d for d in table["defense"].unique() if d != "none"] or ["none"]
     figure, axes = plt.subplots(1, len(defenses), figsize=(5 * len(defenses), 4.2), squeeze=False)
-    styles = dict(zip(METHOD_ORDER, (("tab:blue", "o", 8), ("tab:orange", "x", 6))))  # iDLG's points inside DLG's
+    styles = dict(zip(METHODS, (("tab:blue", "o", 8), ("tab:orange", "x", 6))))  # iDLG's points inside DLG's
     peak, twins = float(table["psnr_db"].replace(math.inf, math.nan).max()), []
     for axis, defense in zip(axes[0], defenses):
         part = table[(table["defense"] == defense) & (table["strength"] > 0)]  # 0 has no place on a log axis
