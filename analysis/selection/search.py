@@ -139,7 +139,9 @@ def evolutionary_search(
     history = []
     best = max(members, key=fitness)
     for generation in range(generations):
-        ranked = sorted(set(members), key=fitness, reverse=True)
+        # Duplicates dropped in order (a set's order follows the process's string hashes, and ties in
+        # fitness are common: the seeded search would differ from run to run).
+        ranked = sorted(dict.fromkeys(members), key=fitness, reverse=True)
         parents = [m for m in ranked if fitness(m) > float("-inf")][: max(2, population // 4)] or [cheapest]
         if fitness(ranked[0]) > fitness(best):
             best = ranked[0]
