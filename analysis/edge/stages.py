@@ -319,7 +319,7 @@ def distillation_stage(edge: dict, seed: int, source_path: str | Path, out: str 
 
 def compression_stage(method: str, edge: dict, seed: int, source_path: str | Path, out: str | Path) -> dict:
     """Rule edge_compress: ``pruning``, ``quantization`` or ``distillation`` of the source net."""
-    stages = {"pruning": pruning_stage, "quantization": quantization_stage, "distillation": distillation_stage}
-    if method not in stages:
-        raise PipelineError(f"unknown compression method {method!r}; expected one of {', '.join(stages)}")
-    return stages[method](edge, seed, source_path, out)
+    methods = {"pruning": pruning_stage, "quantization": quantization_stage, "distillation": distillation_stage}
+    if method not in methods:
+        raise PipelineError(f"unknown compression method {method!r}; expected one of {', '.join(methods)}")
+    return methods[method](edge, seed, source_path, out)

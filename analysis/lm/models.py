@@ -99,8 +99,6 @@ def _file_tokenizer(name: str) -> FileTokenizer | None:
     """``name``'s tokenizer read from its ``tokenizer.json`` when transformers would encode with that
     file as it stands (a local directory, a class of ``VERBATIM_TOKENIZER_CLASSES``, only
     encoding-neutral settings, an EOS token in the file); else ``None``."""
-    import json
-
     directory = Path(name)
     config_path, file_path = directory / "tokenizer_config.json", directory / "tokenizer.json"
     if not (config_path.is_file() and file_path.is_file()) or (directory / "special_tokens_map.json").exists():
