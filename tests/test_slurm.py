@@ -102,6 +102,10 @@ def slurm_cluster(tmp_path_factory):
     yield state
     subprocess.run(["scancel", "--user", "root"])
     subprocess.run(["pkill", "-x", "slurmctld"]), subprocess.run(["pkill", "-x", "slurmd"])
+    # A slurm.conf naming a controller that is gone makes every later `scontrol show config` wait
+    # ~9 s for it, and the SLURM executor plugin runs that command whenever Snakemake starts
+    # (installed plugins are imported at start-up): each later Snakemake call would start 9 s late.
+    CONF.unlink(missing_ok=True)
 
 
 SLURM_ARGS = [
