@@ -170,6 +170,26 @@ def test_adapt_writes_outputs_and_a_delta_that_reproduces_the_model(tiny_model, 
     assert math.isfinite(metrics["final"]["valid_loss"])
 
 
+def test_lora_adapters_follow_the_seed_not_what_ran_before_in_the_process(tiny_model, domain_tokens, tmp_path):
+    """LoRA's adapters are drawn from torch's global generator; adapt seeds it from the run's seed. It
+    did not, so two identical runs in one process differed (by 0.27 after the memory plan had reset
+    the generator in one of them) and a run's adapters ignored its seed."""
+    spec = {**MODEL_SPEC, "name_or_path": str(tiny_model)}
+    options = {"lora": {"rank": 2, "target_modules": ["c_attn"]}}
+    deltas = []
+    for run, seed in enumerate((1, 1, 2)):
+        torch.manual_seed(1000 + run)  # whatever the process did before
+        torch.rand(run + 1)
+        out = tmp_path / f"run{run}"
+        adapt(model_key="tiny", model_spec=spec, mode="lora", scheme_options=options, domain="hep-ex",
+              tokens=domain_tokens, output_dir=out, checkpoint_dir=tmp_path / f"ckpt{run}", adaptation=ADAPTATION,
+              seed=seed)
+        deltas.append(load_file(str(out / "weights/delta.safetensors")))
+    assert deltas[0].keys() == deltas[1].keys()
+    assert all(torch.equal(deltas[0][k], deltas[1][k]) for k in deltas[0])
+    assert not all(torch.equal(deltas[0][k], deltas[2][k]) for k in deltas[0])
+
+
 def test_domain_smaller_than_one_block_is_named(tiny_model, tmp_path):
     write_domain_dir(tmp_path / "m2d2", "hep-ex", {"train": "Short.", "valid": "v", "test": "t"})
     tokens = tmp_path / "t.bin"

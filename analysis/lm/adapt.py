@@ -46,7 +46,7 @@ def eval_sets(splits: Mapping[str, np.ndarray], order: np.ndarray, max_blocks: i
 
 
 def _dtype_name(state_dict: Mapping) -> str:
-    import torch
+    import torch  # inside, as in adapt(): importing this module should not cost torch's start-up
 
     dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
     return "bfloat16" if dtypes == {torch.bfloat16} else "float32"
@@ -68,7 +68,7 @@ def adapt(
     model_spec: Mapping,
     mode: str,
     scheme_options: Mapping,
-    join_policy: str = "keep",
+    train_policy: str = "keep",
     domain: str,
     tokens: str | Path,
     output_dir: str | Path,
@@ -78,7 +78,7 @@ def adapt(
     threads: int = 2,
 ) -> dict:
     """Train ``model_spec`` for one epoch on ``domain``'s train stream (``tokens``, tokenised under
-    ``join_policy``) in ``mode`` and write the outputs listed in the module docstring to ``output_dir``.
+    the join policy ``train_policy``) in ``mode`` and write the outputs listed in the module docstring to ``output_dir``.
 
     The epoch visits each block of ``context_length`` tokens once, in an order shared by every mode;
     the scheme of ``mode`` (``scheme_options``; ``auto_sparse`` searches one) sets what trains.
@@ -143,13 +143,17 @@ def adapt(
         valid = sets.get("valid", sets["train_first"])
         scheme, search = choose_scheme(model, splits["train"], order, valid, settings,
                                        scheme_options["auto_sparse"], derive_seed(seed, "search", model_key, domain))
+    # A scheme that adds weights (LoRA's adapters) draws them from torch's global generator: seeded
+    # here from the run's seed, they do not depend on what ran before in this process (the plan
+    # check, an earlier call).
+    torch.manual_seed(derive_seed(seed, "init", model_key, domain))
     model = apply_scheme(model, scheme)
     touched = touched_parameters(model)
     summary = trainable_summary(model)
     log.info("%s / %s / %s: %d of %d parameters trainable (%.3f%%)", model_key, mode, domain,
              summary["trainable_parameters"], summary["total_parameters"], 100 * summary["trainable_fraction"])
     fingerprint = hashlib.sha256(json.dumps(
-        [model_spec, mode, scheme.describe(), domain, join_policy, dict(adaptation), seed,
+        [model_spec, mode, scheme.describe(), domain, train_policy, dict(adaptation), seed,
          Path(tokens).stat().st_size], sort_keys=True, default=str).encode()).hexdigest()
 
     output_dir = Path(output_dir)
@@ -187,13 +191,13 @@ def adapt(
     from analysis.tables.curves import curve_figure
 
     write_table(pd_curves, output_dir / "curves.tsv")
-    curve_figure(curves, f"{model_key}, {mode}, {domain} (trained on join policy {join_policy})",
+    curve_figure(curves, f"{model_key}, {mode}, {domain} (trained on join policy {train_policy})",
                  output_dir / "curves.png")
-    memory = {"model": model_key, "mode": mode, "domain": domain, "join_policy": join_policy, **result.pop("memory"),
+    memory = {"model": model_key, "mode": mode, "domain": domain, "train_policy": train_policy, **result.pop("memory"),
               "trainable_fraction": summary["trainable_fraction"]}
     write_json(output_dir / "memory.json", memory)
     metrics = {
-        "model": model_key, "mode": mode, "domain": domain, "join_policy": join_policy,
+        "model": model_key, "mode": mode, "domain": domain, "train_policy": train_policy,
         "base": model_spec["name_or_path"],
         "scheme": scheme.describe(), "delta_parameters": touched if mode != "full" else "all",
         **{k: v for k, v in result.items() if k not in ("deepspeed_config",)},

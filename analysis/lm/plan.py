@@ -51,12 +51,21 @@ here), plus the optimizer step on the host under offload (``HOST_ADAM_PARAMS_PER
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from analysis.errors import PipelineError
+from analysis.io import write_json
+from analysis.lm.models import ModelLoadError, _local_only, _offline_message
+
+# torch, transformers and DeepSpeed, and the project modules that import torch at their top (schemes,
+# loss, train, memory; train also imports this module), are imported inside the functions that
+# build or measure a model: the plan's arithmetic, the resources of every job and the CLI import this
+# module, and should not pay their seconds of start-up.
 
 GB = 1e9
 #: Resident memory of the job's interpreter once torch, transformers and DeepSpeed are imported
@@ -148,7 +157,6 @@ def model_config(name_or_path: str):
     if known:
         spec = dict(known)
         return AutoConfig.for_model(spec.pop("model_type"), **spec)
-    from analysis.lm.models import ModelLoadError, _local_only, _offline_message
 
     try:
         return AutoConfig.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
@@ -182,7 +190,9 @@ def _build(config, mode: str, scheme_options: Mapping, device: str = "meta", dty
 
     from analysis.selection.schemes import Scheme, apply_scheme
 
-    with torch.device(device):
+    # A model built to be measured draws its weights from a forked generator: the caller's (an adapt
+    # job's) random state is left as it was.
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return apply_scheme(model, Scheme.from_config(mode, scheme_options))
@@ -190,8 +200,6 @@ def _build(config, mode: str, scheme_options: Mapping, device: str = "meta", dty
 
 @functools.lru_cache(maxsize=64)
 def _shape_cached(name_or_path: str, mode: str, options_key: str) -> Shape:
-    import json
-
     config = model_config(name_or_path)
     model = _build(config, mode, json.loads(options_key))
     unique = {id(p): p for p in model.parameters()}.values()  # a tied head counts once
@@ -203,8 +211,6 @@ def _shape_cached(name_or_path: str, mode: str, options_key: str) -> Shape:
 
 def model_shape(name_or_path: str, mode: str = "full", scheme_options: Mapping | None = None) -> Shape:
     """Parameters of ``name_or_path`` in ``mode`` (counted on the meta device: no weights are made)."""
-    import json
-
     return _shape_cached(name_or_path, mode, json.dumps(scheme_options or {}, sort_keys=True, default=str))
 
 
@@ -280,16 +286,12 @@ def measure_activations(name_or_path: str, mode: str, scheme_options: Mapping | 
 
 
 def _options_key(options: Mapping | None) -> str:
-    import json
-
     return json.dumps(options or {}, sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=64)
 def _activations_cached(name_or_path, mode, options_key, micro_batch, context, checkpointing, loss, dtype,
                         device, depths) -> Activations:
-    import json
-
     config = model_config(name_or_path)
     options = json.loads(options_key)
     low, high = depths
@@ -652,7 +654,6 @@ def job_resources(record: Mapping, mode: str, train_tokens: int | None, steps: i
     1 GB), runtime (minutes: 1.5x the estimate plus 10 for loading, evaluation and writing; 60 while
     the domain's tokens are not known) and disk (MB: the outputs and two checkpoints)."""
     mode_plan = record["modes"][mode]
-    target = record["target"]
     mem_mb = math.ceil((mode_plan["configured"]["host_gb"] * GB * 1.2 + 1e9) / 1e6)
     runtime = 60
     if train_tokens:
@@ -735,10 +736,6 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points
 def write_plan(cfg: Mapping, model_key: str, json_path: str | Path, markdown_path: str | Path) -> dict:
     """Rule plan: the model's plan for the config's target; fails (one line) if the configured setting
     does not fit and ``adaptation.plan.check`` is on, so that no adapt job of it is started."""
-    import logging
-
-    from analysis.io import write_json
-
     target = config_target(cfg, model_key)
     modes = list(cfg["adaptation"]["modes"])
     ablation = cfg["adaptation"]["join_ablation"]
