@@ -24,12 +24,17 @@ $(STAMP): pyproject.toml envs/requirements.lock
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
+# Two pytest-xdist workers: one makes the demo run and runs the tests that read it (one group, see
+# tests/conftest.py), the other runs the rest meanwhile. One process left a core idle for most of
+# the suite. `pytest` alone, or PYTEST_WORKERS=0, runs in one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The tests that do not run Snakemake (not marked integration): about a third of `make test`.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(PYTEST) -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

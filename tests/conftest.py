@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: torch in each runs one thread, set before torch is
+    # imported. With two each, their spinning OpenMP threads slowed a model-training fixture from
+    # seconds to 147 s. Jobs the tests start set their own threads (Snakemake: the rule's).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest
@@ -44,3 +52,21 @@ def demo_copy(demo_run, tmp_path):
     copy = tmp_path / "demo"
     shutil.copytree(workdir, copy, symlinks=True)
     return copy, copy / configfile.relative_to(workdir)
+
+
+# The fixtures whose tests share the one demo run of a test session.
+DEMO_FIXTURES = {"demo_run", "demo_copy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): the tests
+    of the demo run form one group, so one worker makes the run once and the other worker takes
+    everything else meanwhile. The group goes first, as the suite's longest chain (the run, ~6
+    minutes, then its tests), and the SLURM test next, which mostly waits on its cluster. The
+    order changes nothing else: the tests pass in any order."""
+    demo = [item for item in items if DEMO_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    for item in demo:
+        item.add_marker(pytest.mark.xdist_group("demo"))
+    slurm = [item for item in items if item not in demo and item.path.name == "test_slurm.py"]
+    first = demo + slurm
+    items[:] = first + [item for item in items if item not in first]
