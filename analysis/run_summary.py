@@ -16,6 +16,8 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from analysis.tables.similarity import drawn_distances
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,6 @@ def _mean_by(frame: pd.DataFrame, key: str, value: str) -> dict[str, float]:
 
 
 def similarity_headline(results: Path, config: Mapping) -> str | None:
-    from analysis.tables.similarity import drawn_distances
-
     table = pd.read_csv(results / "tables/similarity.tsv", sep="\t")
     corpus = table["corpus"].iloc[0]
     rows = table[table["corpus"] == corpus]
@@ -40,8 +40,8 @@ def similarity_headline(results: Path, config: Mapping) -> str | None:
 
 def perplexity_headline(results: Path, config: Mapping) -> str | None:
     table = pd.read_csv(results / "tables/perplexity.tsv", sep="\t")
-    policy = config.get("adaptation", {}).get("join_policy", "keep")
-    table = table[table["train_policy"] == policy]
+    train_policy = config.get("adaptation", {}).get("join_policy", "keep")
+    table = table[table["train_policy"] == train_policy]
     parts = []
     for (model, mode), group in table.groupby(["model", "mode"], sort=False):
         better = int((group["ppl_change"] > 0).sum())
@@ -56,7 +56,7 @@ def newline_headline(results: Path, config: Mapping) -> str | None:
     means = _mean_by(table, "train_policy", "ppl_newline_change")
     if len(means) < 2:
         return None
-    parts = [f"trained on '{policy}' text {change:+.3g}" for policy, change in means.items()]
+    parts = [f"trained on '{train_policy}' text {change:+.3g}" for train_policy, change in means.items()]
     return "newline-token perplexity change (positive: better): " + "; ".join(parts)
 
 

@@ -96,7 +96,7 @@ def test_ablation_table_has_a_row_per_policy_and_domain(tmp_path):
         for k, policy in enumerate(("keep", "strip")):
             _, adapted = chunks(10 + k)
             write_run(tmp_path, f"{policy}/full", domain, 9.0 + k, ids, adapted, policy)
-            runs.append({"model": "m", "policy": policy, "domain": domain,
+            runs.append({"model": "m", "train_policy": policy, "domain": domain,
                          "zero_shot": str(tmp_path / "eval/m/zero_shot" / domain),
                          "adapted": str(tmp_path / f"eval/m/{policy}/full" / domain)})
     frame = join_policy.join_policy_table(runs, "full", {"m": VOCAB.__getitem__}, tmp_path / "j.tsv",

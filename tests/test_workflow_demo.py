@@ -134,7 +134,7 @@ def test_demo_join_policy_ablation(demo_run):
     strip = json.loads((results / "tokens/tiny-gpt2/strip/hep-ex.json").read_text())
     assert strip["join_policy"] == "strip" and not strip["eos_after_each_text"]
     metrics = json.loads((results / "adapted/tiny-gpt2/strip/full/hep-ex/metrics.json").read_text())
-    assert metrics["join_policy"] == "strip"
+    assert metrics["train_policy"] == "strip"
     assert (results / "figures/join_policy_tiny-gpt2.png").stat().st_size > 10_000
 
 

@@ -60,7 +60,7 @@ def test_forcing_one_domain_reruns_only_its_dependents(demo_run):
     assert counts == {"adapt": 1, "evaluate": 1, "perplexity_table": 1, "correlation_table": 1,
                       "perplexity_figure": 2, "token_tables": 1, "curves_figure": 1, "join_policy_table": 1,
                       "all": 1}, counts
-    assert "wildcards: model=tiny-gpt2, policy=keep, mode=full, domain=hep-ex" in result.output
+    assert "wildcards: model=tiny-gpt2, train_policy=keep, mode=full, domain=hep-ex" in result.output
 
 
 def test_adding_a_domain_computes_only_that_domain_and_the_aggregates(demo_run, tmp_path):

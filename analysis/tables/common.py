@@ -13,6 +13,9 @@ from analysis.corpora.catalogue import PORTIONS, WIKI
 from analysis.errors import PipelineError
 from analysis.io import atomic_path, write_text
 
+# matplotlib is imported by the figure helpers (pyplot, save_figure) when a table job draws: a job
+# writing only tables does not load it.
+
 
 def read_json(path: str | Path, what: str, keys: Sequence[str] = ()) -> dict:
     """A JSON object from ``path``; a PipelineError naming ``what`` and the file if it is missing,

@@ -21,6 +21,8 @@ from analysis.edge.names import MODES
 from analysis.errors import PipelineError
 from analysis.tables.common import blank_cells, label_points, pyplot, read_json, save_figure, write_table
 
+# matplotlib arrives through common.pyplot, when a figure is drawn (see tables/common.py).
+
 KIB = 1024
 MEMORY_COLUMNS = {  # table column -> memory_report field (bytes)
     "parameter_kib": "parameter_bytes", "gradient_kib": "gradient_bytes", "optimizer_kib": "optimizer_bytes",

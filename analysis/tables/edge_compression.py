@@ -19,6 +19,8 @@ import pandas as pd
 from analysis.errors import PipelineError
 from analysis.tables.common import blank_cells, label_points, pyplot, read_json, save_figure, write_table
 
+# matplotlib arrives through common.pyplot, when a figure is drawn (see tables/common.py).
+
 FAMILIES = {  # family -> colour, marker (the reference: a star)
     "reference": ("black", "*"), "fine-grained pruning": ("tab:blue", "o"), "channel pruning": ("tab:orange", "s"),
     "k-means quantization": ("tab:green", "D"), "linear quantization": ("tab:red", "^"),

@@ -21,6 +21,8 @@ from analysis.edge.names import DEFENSES, METHODS, PARTITIONS
 from analysis.errors import PipelineError
 from analysis.tables.common import blank_cells, pyplot, read_json, save_figure, write_table
 
+# matplotlib arrives through common.pyplot, when a figure is drawn (see tables/common.py).
+
 METHOD_NAMES = {"dlg": "DLG", "idlg": "iDLG"}
 DEFENDED_PSNR_DB = 20.0
 STAGES = ("initial", "middle", "final", "truth")

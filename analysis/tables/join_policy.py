@@ -58,12 +58,12 @@ def collect(runs: Sequence[Mapping], mode: str, decoders: Mapping[str, Callable[
     evaluation files (``<stem>.json`` and ``<stem>.npz``) of its zero-shot and adapted model."""
     rows = []
     for run in runs:
-        model, policy, domain = run["model"], run["policy"], run["domain"]
+        model, train_policy, domain = run["model"], run["train_policy"], run["domain"]
         zero_path, adapted_path = run["zero_shot"], run["adapted"]
         zero = read_json(f"{zero_path}.json", "zero-shot evaluation record")
         adapted = read_json(f"{adapted_path}.json", "adapted evaluation record")
         row = {
-            "model": model, "domain": domain, "portion": adapted["portion"], "train_policy": policy,
+            "model": model, "domain": domain, "portion": adapted["portion"], "train_policy": train_policy,
             "eval_policy": adapted["eval_policy"], "mode": mode,
             "ppl_zero_shot": zero["token_perplexity"], "ppl_adapted": adapted["token_perplexity"],
             "ppl_change": zero["token_perplexity"] - adapted["token_perplexity"],
@@ -111,9 +111,9 @@ def join_policy_figure(frame: pd.DataFrame, model: str, path: str | Path) -> Non
     frame = frame.assign(newline_change_percent=100 * frame["ppl_newline_change"] / frame["ppl_newline_zero_shot"])
     for axis, (column, label) in zip(axes, panels):
         shade_portions(axis, domains, portions)
-        for k, policy in enumerate(policies):
-            values = frame[frame["train_policy"] == policy].set_index("domain").reindex(domains)[column]
-            axis.bar(x - 0.4 + width * (k + 0.5), values, width=width, label=f"trained on '{policy}' text")
+        for k, train_policy in enumerate(policies):
+            values = frame[frame["train_policy"] == train_policy].set_index("domain").reindex(domains)[column]
+            axis.bar(x - 0.4 + width * (k + 0.5), values, width=width, label=f"trained on '{train_policy}' text")
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_ylabel(label + "\npositive: better", fontsize=8)
     axes[0].legend(fontsize=7, ncol=2)

@@ -18,6 +18,8 @@ from analysis.errors import PipelineError
 from analysis.tables.common import ordered_by_portion, pyplot, read_json, save_figure, shade_portions, write_table
 from analysis.tables.similarity import drawn_distances
 
+# scipy is imported by the correlation functions that use it: the perplexity table does not need it.
+
 COLUMNS = [
     "model", "mode", "train_policy", "domain", "portion", "split", "eval_policy", "tokens", "words", "bytes",
     "ppl_zero_shot", "ppl_adapted", "ppl_change", "ppl_change_percent",
@@ -138,12 +140,12 @@ def correlations(perplexity: pd.DataFrame, distance: pd.DataFrame, pretraining: 
     FD is undefined for domains below its smallest size; they are left out of its correlation)."""
     joined = perplexity.merge(distance.drop(columns="portion"), on="domain", how="inner")
     rows = []
-    for (model, mode, policy, corpus), group in joined.groupby(["model", "mode", "train_policy", "corpus"],
+    for (model, mode, train_policy, corpus), group in joined.groupby(["model", "mode", "train_policy", "corpus"],
                                                                sort=False):
         for portion in ["all", *sorted(group["portion"].unique())]:
             part = group if portion == "all" else group[group["portion"] == portion]
             for estimator, columns in ESTIMATOR_COLUMNS.items():
-                row = {"model": model, "mode": mode, "train_policy": policy, "corpus": corpus,
+                row = {"model": model, "mode": mode, "train_policy": train_policy, "corpus": corpus,
                        "pretraining_corpus": pretraining.get(model) == corpus, "portion": portion,
                        "distance_estimator": estimator, "n": len(part),
                        "n_fd": int(part[columns["fd"]].notna().sum())}
@@ -182,7 +184,7 @@ def _rescale(values: np.ndarray) -> np.ndarray:
 
 
 def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: str, mode: str, corpus: str,
-                      path: str | Path, policy: str | None = None, estimator: str = "corrected") -> None:
+                      path: str | Path, train_policy: str | None = None, estimator: str = "corrected") -> None:
     """The paper's Figure 1: perplexity change per domain (bars), with MMD and FD to the model's
     pretraining corpus rescaled to [0, 1] (lines, right axis; which estimates: ``similarity.
     drawn_distances``); portions shaded. When the changes span more than two orders of magnitude the
@@ -190,11 +192,11 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     plt = pyplot()
 
     selected = (perplexity["model"] == model) & (perplexity["mode"] == mode)
-    if policy is not None:
-        selected &= perplexity["train_policy"] == policy
+    if train_policy is not None:
+        selected &= perplexity["train_policy"] == train_policy
     rows = perplexity[selected].set_index("domain")
     if rows.empty:
-        raise PipelineError(f"no perplexity rows for model {model!r}, mode {mode!r}, training policy {policy!r}")
+        raise PipelineError(f"no perplexity rows for model {model!r}, mode {mode!r}, training policy {train_policy!r}")
     domains = ordered_by_portion(list(rows.index), rows["portion"].to_dict())
     rows = rows.loc[domains]
     dist = distance[distance["corpus"] == corpus].set_index("domain").reindex(domains)
@@ -223,7 +225,7 @@ def perplexity_figure(perplexity: pd.DataFrame, distance: pd.DataFrame, model: s
     axis.set_xticks(x)
     axis.set_xticklabels(domains, rotation=60, ha="right", fontsize=7)
     axis.set_ylabel(f"perplexity change{scale}; positive: better")
-    trained = f", trained on '{policy}' text" if policy else ""
+    trained = f", trained on '{train_policy}' text" if train_policy else ""
     axis.set_title(f"{model}, mode {mode}{trained}: perplexity change after one epoch of adaptation", fontsize=10)
     handles = [h for a in (axis, right) for h in a.get_legend_handles_labels()[0]]
     labels = [lab for a in (axis, right) for lab in a.get_legend_handles_labels()[1]]

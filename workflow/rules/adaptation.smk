@@ -46,11 +46,11 @@ rule tokenize_domain:
         ),
     output:
         # Flat token streams, their document offsets, and what they hold (analysis/lm/tokens.py).
-        **token_files("{model}", "{policy}", "{domain}"),
+        **token_files("{model}", "{train_policy}", "{domain}"),
     log:
-        f"{LOGS}/tokenize_domain/{{model}}/{{policy}}/{{domain}}.log",
+        f"{LOGS}/tokenize_domain/{{model}}/{{train_policy}}/{{domain}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/tokenize_domain/{{model}}/{{policy}}/{{domain}}.tsv"
+        f"{RESULTS}/benchmarks/tokenize_domain/{{model}}/{{train_policy}}/{{domain}}.tsv"
     conda:
         "../../envs/adaptation.yaml"
     threads: ADAPTATION["tokenize_threads"]
@@ -102,24 +102,24 @@ rule plan:
 
 rule adapt:
     input:
-        **token_files("{model}", "{policy}", "{domain}"),
+        **token_files("{model}", "{train_policy}", "{domain}"),
         model=model_inputs,
         # ancient: a new plan (e.g. a changed GPU size) changes resources, not the trained weights.
         plan=ancient(f"{RESULTS}/plan/{{model}}.json"),
     output:
         weights=directory(
-            f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights"
+            f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/weights"
         ),
-        metrics=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json",
-        memory=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/memory.json",
-        curves=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/curves.tsv",
-        figure=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/curves.png",
-        deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/deepspeed_config.json",
-        scheme=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/scheme.json",
+        metrics=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/metrics.json",
+        memory=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/memory.json",
+        curves=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/curves.tsv",
+        figure=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/curves.png",
+        deepspeed_config=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/deepspeed_config.json",
+        scheme=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/scheme.json",
     log:
-        f"{LOGS}/adapt/{{model}}/{{policy}}/{{mode}}/{{domain}}.log",
+        f"{LOGS}/adapt/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/adapt/{{model}}/{{policy}}/{{mode}}/{{domain}}.tsv"
+        f"{RESULTS}/benchmarks/adapt/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.tsv"
     retries: ADAPTATION["retries"]
     conda:
         "../../envs/adaptation.yaml"

@@ -8,18 +8,18 @@ def adapt_spec(wildcards, output, threads):
     import shlex
 
     spec = {
-        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}.log",
+        "log": f"{LOGS}/adapt/{wildcards.model}/{wildcards.train_policy}/{wildcards.mode}/{wildcards.domain}.log",
         "model_key": wildcards.model,
         "model_spec": config["models"][wildcards.model],
         "mode": wildcards.mode,
-        "join_policy": wildcards.policy,
+        "train_policy": wildcards.train_policy,
         "scheme_options": ADAPTATION["schemes"],
         "domain": wildcards.domain,
-        "tokens": token_files(wildcards.model, wildcards.policy, wildcards.domain)[
-            "tokens"
-        ],
+        "tokens": token_files(
+            wildcards.model, wildcards.train_policy, wildcards.domain
+        )["tokens"],
         "output_dir": str(Path(output.metrics).parent),
-        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.policy}/{wildcards.mode}/{wildcards.domain}",
+        "checkpoint_dir": f"{ADAPTATION['checkpoint_root']}/adapt/{wildcards.model}/{wildcards.train_policy}/{wildcards.mode}/{wildcards.domain}",
         "adaptation": {
             k: ADAPTATION[k]
             for k in (

@@ -53,7 +53,7 @@ EDGE_DEFENSES = ["none"] + [
 # How a split's lines become the text a model trains on and the text it is evaluated on.
 TRAIN_POLICY = ADAPTATION["join_policy"]
 EVAL_POLICY = EVALUATION["join_policy"]
-# The join-policy ablation: (model, policy, domain) runs in one mode, beside the main grid.
+# The join-policy ablation: (model, train_policy, domain) runs in one mode, beside the main grid.
 ABLATION = ADAPTATION["join_ablation"]
 ABLATION_DOMAINS = list(ABLATION["domains"] or ADAPTATION_DOMAINS)
 DEMO = config["demo"]
@@ -75,7 +75,7 @@ wildcard_constraints:
     model=_alternatives(MODELS) if MODELS else "(?!)",
     mode=_alternatives(MODES + [ABLATION["mode"]]),
     name=_alternatives(DOMAINS + CORPORA),
-    policy=_alternatives(m2d2_lib.JOIN_POLICIES),
+    train_policy=_alternatives(m2d2_lib.JOIN_POLICIES),
     edge_mode=_alternatives(EDGE_MODES),
     budget=_alternatives(EDGE_BUDGETS),
     partition=_alternatives(EDGE_PARTITIONS),
@@ -103,8 +103,8 @@ def similarity_targets():
 
 
 def adapted_runs():
-    """(model, policy, mode, domain) of every adaptation: the main grid under the training join
-    policy, then the join-policy ablation, without repeats."""
+    """(model, train_policy, mode, domain) of every adaptation: the main grid under the training
+    join policy, then the join-policy ablation, without repeats."""
     main = [
         (model, TRAIN_POLICY, mode, domain)
         for model in MODELS
@@ -112,25 +112,25 @@ def adapted_runs():
         for domain in ADAPTATION_DOMAINS
     ]
     ablation = [
-        (model, policy, ABLATION["mode"], domain)
+        (model, train_policy, ABLATION["mode"], domain)
         for model in ABLATION["models"]
-        for policy in ABLATION["policies"]
+        for train_policy in ABLATION["policies"]
         for domain in ABLATION_DOMAINS
     ]
     return list(dict.fromkeys(main + ablation))
 
 
 def adapted_paths(pattern):
-    """``pattern`` (with {model}, {policy}, {mode}, {domain}) for every adapted run."""
+    """``pattern`` (with {model}, {train_policy}, {mode}, {domain}) for every adapted run."""
     return [
-        pattern.format(model=m, policy=p, mode=mode, domain=d)
+        pattern.format(model=m, train_policy=p, mode=mode, domain=d)
         for m, p, mode, d in adapted_runs()
     ]
 
 
 def adaptation_targets():
     return adapted_paths(
-        f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json"
+        f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/metrics.json"
     )
 
 
@@ -173,9 +173,9 @@ def all_targets():
     )
 
 
-def token_files(model, policy, domain):
+def token_files(model, train_policy, domain):
     """The token files tokenize_domain writes, for wildcards or values: streams, offsets, metadata."""
-    stem = f"{RESULTS}/tokens/{model}/{policy}/{domain}"
+    stem = f"{RESULTS}/tokens/{model}/{train_policy}/{domain}"
     return {
         "tokens": f"{stem}.bin",
         "index": f"{stem}.idx",

@@ -33,15 +33,15 @@ rule evaluate:
     input:
         **token_files("{model}", EVAL_POLICY, "{domain}"),
         model=model_inputs,
-        weights=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/weights",
-        adapted=f"{RESULTS}/adapted/{{model}}/{{policy}}/{{mode}}/{{domain}}/metrics.json",
+        weights=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/weights",
+        adapted=f"{RESULTS}/adapted/{{model}}/{{train_policy}}/{{mode}}/{{domain}}/metrics.json",
     output:
-        json=f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.json",
-        npz=f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.npz",
+        json=f"{RESULTS}/eval/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.json",
+        npz=f"{RESULTS}/eval/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.npz",
     log:
-        f"{LOGS}/evaluate/{{model}}/{{policy}}/{{mode}}/{{domain}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{policy}}/{{mode}}/{{domain}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.tsv"
     conda:
         "../../envs/adaptation.yaml"
     threads: EVALUATION["threads"]
@@ -63,7 +63,7 @@ rule perplexity_table:
             domain=ADAPTATION_DOMAINS,
         ),
         adapted=adapted_paths(
-            f"{RESULTS}/eval/{{model}}/{{policy}}/{{mode}}/{{domain}}.json"
+            f"{RESULTS}/eval/{{model}}/{{train_policy}}/{{mode}}/{{domain}}.json"
         ),
     output:
         tsv=report(
@@ -125,7 +125,7 @@ rule perplexity_figure:
         "../../envs/adaptation.yaml"
     params:
         corpus=lambda wildcards: config["models"][wildcards.model]["corpus"],
-        policy=TRAIN_POLICY,
+        train_policy=TRAIN_POLICY,
         estimator=config["similarity"]["estimator"],
     script:
         "../scripts/perplexity_figure.py"

@@ -8,7 +8,7 @@ def evaluation_spec(wildcards):
         "model_key": wildcards.model,
         "model_spec": config["models"][wildcards.model],
         "stage": wildcards.get("mode", "zero_shot"),
-        "train_policy": wildcards.get("policy"),
+        "train_policy": wildcards.get("train_policy"),
         "domain": wildcards.domain,
         "portion": config_lib.domain_portion(config, wildcards.domain),
         "evaluation": EVALUATION,
@@ -17,18 +17,18 @@ def evaluation_spec(wildcards):
 
 
 def join_policy_runs():
-    """The ablation's runs: model, join policy, domain, and the evaluation files (without extension)
+    """The ablation's runs: model, training join policy, domain, and the evaluation files (without extension)
     of its zero-shot and adapted model, named as rules zero_shot and evaluate write them.
     """
     return [
         {
             "model": model,
-            "policy": policy,
+            "train_policy": train_policy,
             "domain": domain,
             "zero_shot": f"{RESULTS}/eval/{model}/zero_shot/{domain}",
-            "adapted": f"{RESULTS}/eval/{model}/{policy}/{ABLATION['mode']}/{domain}",
+            "adapted": f"{RESULTS}/eval/{model}/{train_policy}/{ABLATION['mode']}/{domain}",
         }
         for model in ABLATION["models"]
-        for policy in ABLATION["policies"]
+        for train_policy in ABLATION["policies"]
         for domain in ABLATION_DOMAINS
     ]

@@ -1,6 +1,6 @@
 """Rule adapt (a shell rule, so that multi-GPU jobs can start under the deepspeed launcher).
 
-Usage: adapt.py '<json spec>' (built by adapt_spec in workflow/rules/common.smk).
+Usage: adapt.py '<json spec>' (built by adapt_spec in workflow/rules/adaptation_specs.smk).
 """
 
 import json

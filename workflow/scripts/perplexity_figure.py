@@ -9,5 +9,5 @@ with rule_log(snakemake.log[0]):
     perplexity_figure(pd.read_csv(snakemake.input.perplexity, sep="\t"),
                       pd.read_csv(snakemake.input.distances, sep="\t"),
                       snakemake.wildcards.model, snakemake.wildcards.mode, snakemake.params.corpus,
-                      snakemake.output[0], policy=snakemake.params.policy,
+                      snakemake.output[0], train_policy=snakemake.params.train_policy,
                       estimator=snakemake.params.estimator)
