@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from analysis import config as config_lib
 from analysis.errors import PipelineError
+
+# Each command imports the modules it runs when it runs (pandas for show, the plan's model code,
+# DeepSpeed's op builder): `--help` and a mistyped command answer at once.
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -41,8 +46,6 @@ def show(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    import json
-
     from analysis.lm import plan as plan_lib
 
     cfg = config_lib.load(args.configfile)
@@ -73,9 +76,6 @@ def plan(args: argparse.Namespace) -> int:
 
 def largest_domain_tokens(results: str, model: str, cfg: dict) -> tuple[int | None, str]:
     """Training tokens of the model's largest adaptation domain, from its token files if tokenised."""
-    import json
-    from pathlib import Path
-
     best, name = None, ""
     for domain in cfg["domains"]["adaptation"]:
         path = Path(results) / "tokens" / model / cfg["adaptation"]["join_policy"] / f"{domain}.json"

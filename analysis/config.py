@@ -17,8 +17,10 @@ import jsonschema
 import yaml
 
 from analysis.corpora import catalogue
+from analysis.corpora import demo as demo_corpus
 from analysis.corpora.m2d2 import available_domains
 from analysis.errors import ConfigError
+from analysis.lm.plan import check_zero_settings
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -204,8 +206,6 @@ def _cross_check(config: dict, source: str) -> None:
                 f"{source}: 'models.{name}' has a pretrain section, so rule pretrain_base builds it at "
                 f"{built!r}; set 'models.{name}.name_or_path' to that (it is {model['name_or_path']!r})"
             )
-        from analysis.lm.plan import check_zero_settings
-
         check_zero_settings(model["zero_stage"], model["offload_optimizer"], model["offload_parameters"],
                             where=f"{source}: 'models.{name}'", error=ConfigError)
         if model["corpus"] not in config["corpora"]:
@@ -215,8 +215,6 @@ def _cross_check(config: dict, source: str) -> None:
             )
 
     if demo["enabled"]:
-        from analysis.corpora import demo as demo_corpus
-
         expected_root = str(Path(demo["root"]) / "m2d2")
         if Path(m2d2["root"]) != Path(expected_root):
             raise ConfigError(

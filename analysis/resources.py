@@ -40,11 +40,14 @@ stated where they could not be:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from analysis.lm.plan import job_resources
 
 # ------------------------------------------------------------------------------------------------
 # Data jobs
@@ -260,8 +263,6 @@ ADAPT_FALLBACK = {"mem_mb": 16000, "runtime": 720, "disk_mb": 10000}
 
 def adapt_resource(config, wildcards, input, key: str, attempt: int = 1) -> int:
     """``mem_mb``, ``runtime`` (times the attempt) or ``disk_mb`` of an adapt job."""
-    import json
-
     spec = config["models"][wildcards.model]
     value = spec["resources"]["adapt"][key]
     if value is None:
@@ -270,8 +271,6 @@ def adapt_resource(config, wildcards, input, key: str, attempt: int = 1) -> int:
         except (OSError, ValueError):
             value = ADAPT_FALLBACK[key]
         else:
-            from analysis.lm.plan import job_resources
-
             tokens = steps = None
             try:
                 tokens = json.loads(Path(input.metadata).read_text())["splits"]["train"]["tokens"]

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from analysis import config as config_lib
 from analysis.cli import main as cli

@@ -31,6 +31,9 @@ from typing import IO, Iterator, Mapping
 from analysis.errors import CorpusError
 from analysis.io import sha256_file
 
+# fsspec (remote files), pyarrow (parquet) and datasets (hf) are imported by the readers that use
+# them: a job reading local jsonl or txt loads none of them.
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "txt", "parquet", "hf")

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from analysis.errors import PipelineError
 
+# scikit-learn (the digits) and Pillow (image folders) are imported by the loaders that use them:
+# each costs start-up that a job reading another source should not pay.
+
 
 class DatasetError(PipelineError):
     """A dataset spec is invalid, or the data on disk cannot be read as configured."""

@@ -31,6 +31,9 @@ from analysis.edge.names import PARTITIONS
 from analysis.edge.nets import LeNet
 from analysis.errors import PipelineError
 
+# Flower (and through it Ray) is imported inside the functions that run the simulation: the
+# settings, the tables and the tests import this module without starting on them.
+
 log = logging.getLogger(__name__)
 
 

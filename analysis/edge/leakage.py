@@ -33,6 +33,9 @@ from analysis.edge.names import DEFENSES, METHODS
 from analysis.edge.nets import LeNet
 from analysis.errors import PipelineError
 
+# torchmetrics is imported by the two metrics that use it (about 2.6 s measured on a busy machine,
+# torch already loaded), so that the tests and tables importing this module do not pay it.
+
 log = logging.getLogger(__name__)
 
 

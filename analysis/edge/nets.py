@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from analysis.edge.layers import ConvBN, avg_pool, relu6
+from analysis.io import atomic_path
 
 DEFAULT_STAGES = ((1, 8, 1, 1), (4, 12, 2, 2), (4, 16, 2, 2), (4, 24, 2, 1))
 
@@ -170,8 +171,6 @@ def build(kind: str, **kwargs) -> nn.Module:
 
 
 def save(net: nn.Module, path) -> None:
-    from analysis.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"kind": "lenet" if isinstance(net, LeNet) else "mobilenet", "config": net.config,
                     "state_dict": net.state_dict()}, tmp)

@@ -8,13 +8,18 @@ length; the tail shorter than a block is dropped and counted. One epoch visits e
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from analysis.corpora import m2d2
 from analysis.errors import PipelineError
+from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
+from analysis.lm.tokenize import PieceEncoder, lm_lines, pieces, tokenize_stream
+from analysis.lm.tokens import TokenStreams, TokenWriter, stem_of, token_dtype
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +63,8 @@ def tokenize_domain(
     each text whole) and encoded in batches of about ``batch_chars`` characters on ``threads`` threads,
     so memory does not grow with the domain.
     """
-    import os
-
     if threads:  # the tokenizers library sizes its (Rayon) thread pool once, on first use
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
-    from analysis.corpora import m2d2
-    from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
-    from analysis.lm.tokenize import PieceEncoder, lm_lines, pieces, tokenize_stream
-    from analysis.lm.tokens import TokenWriter, stem_of, token_dtype
-
     stem = stem_of(output)
     if Path(metadata) != stem.with_name(stem.name + ".json"):
         raise PipelineError(f"token metadata {metadata} must sit beside {output} as <stem>.json")
@@ -108,6 +106,4 @@ def tokenize_domain(
 
 def load_split(path: str | Path, split: str) -> np.ndarray:
     """One split's token stream, memory-mapped, from any file of a domain's token set."""
-    from analysis.lm.tokens import TokenStreams
-
     return TokenStreams(path).split(split)

@@ -27,6 +27,8 @@ import numpy as np
 
 from analysis.errors import PipelineError
 from analysis.io import atomic_path, derive_seed, write_json
+from analysis.lm.data import load_split
+from analysis.lm.models import apply_delta, load_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ def sample_chunks(length: int, n_chunks: int, chunk_tokens: int, seed: int) -> t
 
 def load_model(model_spec: Mapping, weights: str | Path | None, dtype: str):
     """The base model (``weights`` None), a saved full model, or the base with a delta applied."""
-    from analysis.lm.models import apply_delta, load_causal_lm
-
     if weights is None:
         return load_causal_lm(model_spec["name_or_path"], dtype=dtype)
     weights = Path(weights)
@@ -99,10 +99,10 @@ def evaluate(
     ``stage`` is ``zero_shot`` or the adaptation mode; ``train_policy`` the join policy the weights
     were trained on. Returns what ``output_json`` holds.
     """
-    # torch is imported here, not at the top: importing this module should not cost its start-up.
+    # torch is imported here, not at the top, and with it the modules that import it at theirs
+    # (perplexity, train): importing this module should not cost torch's start-up.
     import torch
 
-    from analysis.lm.data import load_split
     from analysis.lm.perplexity import perplexities, token_nll, total_nll
     from analysis.lm.train import resolve_precision
 

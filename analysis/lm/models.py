@@ -9,6 +9,10 @@ from pathlib import Path
 
 from analysis.errors import PipelineError
 
+# transformers, tokenizers, torch and safetensors are imported inside the functions that use them: a
+# tokenize job reads tokenizer.json with the tokenizers library alone (load_encoding_tokenizer), and
+# the plan, the resources and the tables import this module without loading any model.
+
 log = logging.getLogger(__name__)
 
 #: Checkpoints whose hub format does not load with transformers: AutoModelForCausalLM would

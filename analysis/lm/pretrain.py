@@ -18,7 +18,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from analysis.corpora.sources import ReadStats, iter_corpus
 from analysis.io import atomic_dir, derive_seed, write_json
+from analysis.lm.data import epoch_order, pack_blocks, tokenize_documents
+
+# tokenizers, transformers and torch (with analysis.lm.train, which imports torch at its top) are
+# imported inside the functions that use them: importing this module costs none of their start-up.
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,6 @@ def pretrain_base(
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from analysis.corpora.sources import ReadStats, iter_corpus
-    from analysis.lm.data import epoch_order, pack_blocks, tokenize_documents
     from analysis.lm.train import TrainSettings, train
 
     torch.set_num_threads(threads)

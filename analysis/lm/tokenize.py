@@ -38,9 +38,13 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
+
+from analysis.corpora import m2d2
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +171,6 @@ class Piece:
 def lm_lines(lines: Iterable[str], policy: str) -> Iterator[tuple[str, bool]]:
     """``(line, begins_text)`` of the texts a join policy makes of a split's lines (``m2d2.lm_texts``,
     one line at a time): a text is its lines joined with ``\\n``."""
-    from analysis.corpora import m2d2
-
     if policy == "keep":
         first = True
         for line in lines:
@@ -244,9 +246,6 @@ def _read_ahead(items: Iterator, depth: int = 2) -> Iterator:
     """``items``, produced in a thread up to ``depth`` ahead: reading, decoding and cutting the text
     (Python) overlaps the encoding of the previous batch (the tokenizer's threads, without the GIL).
     An exception in the thread is raised here."""
-    import queue
-    import threading
-
     done = object()
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

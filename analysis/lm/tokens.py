@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import PipelineError
+from analysis.io import _umask, write_json
 
 LAYOUT_VERSION = 2
 SUFFIXES = (".bin", ".idx", ".json")
@@ -117,8 +118,6 @@ class TokenWriter:
 
     def commit(self, record: dict) -> dict:
         """Rename the streams into place and write ``<stem>.json`` (``record`` + ``layout``)."""
-        from analysis.io import _umask, write_json
-
         if self._split is not None:
             self.end_split()
         for suffix, (path, handle) in self._tmp.items():

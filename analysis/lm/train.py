@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from analysis.errors import PipelineError
+from analysis.io import write_json
 from analysis.lm.loss import forward_loss
 from analysis.lm.plan import check_zero_settings
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
@@ -148,8 +150,6 @@ def init_distributed() -> tuple[int, int]:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        import socket
-
         with socket.socket() as s:  # a free port, so parallel jobs on one node do not collide
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
@@ -166,6 +166,8 @@ def skip_shm_comm_op(world: int) -> bool:
     wherever the op is unavailable. DeepSpeed reads which ops it may build from
     ``deepspeed.ops.__compatible_ops__``, a dict probed once per process. True when skipped.
     """
+    # DeepSpeed is imported where it runs: its import costs about a second and probes the C
+    # toolchain, which the jobs and tools that only read this module's settings should not pay.
     import deepspeed
 
     if world != 1 or deepspeed.get_accelerator().device_name() != "cpu":
@@ -252,6 +254,8 @@ def train(
     Returns ``{"curves": [...], "steps", "tokens_trained", "blocks_dropped", "train_seconds",
     "eval_seconds", "memory": {...}, "deepspeed_config": {...}}``.
     """
+    # DeepSpeed is imported where it runs: its import costs about a second and probes the C
+    # toolchain, which the jobs and tools that only read this module's settings should not pay.
     import deepspeed
 
     rank, world = init_distributed()
@@ -269,8 +273,6 @@ def train(
 
     ds_config = deepspeed_config(settings, world, pin_memory=torch.cuda.is_available())
     if output_config is not None and rank == 0:
-        from analysis.io import write_json
-
         write_json(output_config, ds_config)
     if settings.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -393,7 +395,7 @@ def make_optimizer(params: list, settings: TrainSettings):
     if not settings.offload_optimizer:
         return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
                                  foreach=True)
-    from analysis.lm.ops import cpu_adam_class
+    from analysis.lm.ops import cpu_adam_class  # DeepSpeed's op builder: only for offload
 
     return cpu_adam_class()(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
                             adamw_mode=True)

@@ -33,6 +33,9 @@ import numpy as np
 
 from analysis.errors import PipelineError
 
+# scipy.stats is imported by the interval that uses it (normal_interval): importing this module
+# for the estimators alone stays cheap.
+
 log = logging.getLogger(__name__)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
@@ -31,6 +32,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from analysis.errors import PipelineError
+from analysis.io import atomic_path, sha256_file, write_json
+
+# torch, sentence-transformers (with the transformers, scikit-learn and scipy it imports: 6 s),
+# pyarrow and the model package are imported inside the functions that use them: the resources
+# of every embed job and the tests import this module without them.
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +153,6 @@ def prefix_chars(model) -> int | None:
     8 x (max_seq_length + 1) characters; when the cut text has more tokens than the model reads,
     its truncated tokens are those of the whole text. Otherwise the whole text is tokenised.
     """
-    import json
-
     backend = getattr(model.tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -386,8 +390,6 @@ class EmbeddingState:
     def _resume(self, shape):
         if not self.progress.is_file():
             return None
-        import json
-
         try:
             record = json.loads(self.progress.read_text(encoding="utf-8"))
             array = np.load(self.partial, mmap_mode="r+")
@@ -427,8 +429,6 @@ class EmbeddingState:
             os.close(fd)
 
     def _write_progress(self) -> None:
-        import json
-
         tmp = self.progress.with_name(self.progress.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump({"identity": self.identity, "units": [asdict(u) for u in self.units]}, handle, indent=1)
@@ -454,8 +454,6 @@ class EmbeddingState:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            from analysis.io import atomic_path
-
             with atomic_path(output) as tmp:
                 shutil.copyfile(self.partial, tmp)
         self._clear()
@@ -485,8 +483,6 @@ def embed_sample(
     import pyarrow.parquet as pq
     import torch
     from tqdm import tqdm
-
-    from analysis.io import sha256_file, write_json
 
     if threads:
         torch.set_num_threads(threads)
