@@ -8,7 +8,7 @@ with rule_log(snakemake.log[0]):
         model_name=snakemake.params.name_or_path,
         m2d2_root=snakemake.params.root,
         domain=snakemake.wildcards.domain,
-        policy=snakemake.wildcards.policy,
+        policy=snakemake.wildcards.train_policy,
         output=snakemake.output.tokens,
         metadata=snakemake.output.metadata,
         max_invalid_fraction=snakemake.params.max_invalid_fraction,
