@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 from analysis.errors import PipelineError
 
@@ -64,6 +65,12 @@ def load_tokenizer(name: str):
     if tokenizer.eos_token_id is None:
         raise ModelLoadError(f"tokenizer of {name!r} has no EOS token, which separates documents")
     return tokenizer
+
+
+def token_decoder(name: str) -> Callable[[int], str]:
+    """Token id -> its text as the model's tokenizer decodes it alone (the token tables' labels)."""
+    tokenizer = load_tokenizer(name)
+    return lambda token_id: tokenizer.decode([token_id])
 
 
 #: Tokenizer classes that transformers builds from ``tokenizer.json`` exactly as the file says, with

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -41,13 +42,16 @@ def compare(
     confidence: float,
     chunk_rows: int,
     base_seed: int,
-    extrapolation: dist.Extrapolation,
+    extrapolation: dist.Extrapolation | Mapping,
 ) -> dict:
     """Write ``output`` (JSON): ``distance_record`` (MMD and FD, plug-in and corrected, intervals, notes).
 
     The corpus enters through its saved moments (rule corpus_statistics), checked against the corpus'
-    embedding metadata; only the domain's embeddings are read.
+    embedding metadata; only the domain's embeddings are read. ``extrapolation`` may be the config's
+    ``similarity.fd_extrapolation`` section.
     """
+    if not isinstance(extrapolation, dist.Extrapolation):
+        extrapolation = dist.Extrapolation(**extrapolation)
     start = time.perf_counter()
     meta_c, meta_d = _metadata(corpus_metadata), _metadata(domain_metadata)
     if meta_c["model"] != meta_d["model"]:

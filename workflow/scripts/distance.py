@@ -2,7 +2,6 @@
 
 from analysis.runner import rule_log
 from analysis.similarity.compare import compare
-from analysis.similarity.distances import Extrapolation
 
 with rule_log(snakemake.log[0]):
     compare(
@@ -20,5 +19,5 @@ with rule_log(snakemake.log[0]):
         confidence=snakemake.params.confidence,
         chunk_rows=snakemake.params.chunk_rows,
         base_seed=snakemake.params.seed,
-        extrapolation=Extrapolation(**snakemake.params.extrapolation),
+        extrapolation=snakemake.params.extrapolation,
     )
