@@ -24,11 +24,11 @@ $(STAMP): pyproject.toml envs/requirements.lock
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
-# Two pytest-xdist workers: one makes the demo run and runs the tests that read it (one group, see
-# tests/conftest.py), the other runs the rest meanwhile. One process left a core idle for most of
-# the suite. `pytest` alone, or PYTEST_WORKERS=0, runs in one process.
+# Two pytest-xdist workers share the tests; the demo run they read is made once, by the first
+# worker to need it (tests/conftest.py). One process left a core idle for most of the suite.
+# `pytest` alone, or PYTEST_WORKERS=0, runs in one process.
 PYTEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 test: $(STAMP)
 	$(PYTEST)
 
