@@ -10,3 +10,5 @@ PARTITIONS = ("iid", "dirichlet")
 DEFENSES = ("none", "gaussian", "laplacian", "prune")
 #: Gradient-leakage attacks (``leakage.attack``).
 METHODS = ("dlg", "idlg")
+#: Compression methods of the source net (``stages.compression_stage``), one JSON each.
+COMPRESSIONS = ("pruning", "quantization", "distillation")

@@ -18,6 +18,7 @@ from analysis import resources as resources_lib
 from analysis.corpora import demo as demo_lib
 from analysis.corpora import m2d2 as m2d2_lib
 from analysis.corpora import sources as sources_lib
+from analysis.edge import names as edge_names
 from analysis.errors import PipelineError
 
 try:
@@ -46,7 +47,8 @@ EDGE_MODES = EDGE["transfer"]["modes"]
 # Budgets name files: 64 -> budget_64.json, 0.5 -> budget_0.5.json.
 EDGE_BUDGETS = [f"{b:g}" for b in EDGE["sparse"]["budgets_kib"]]
 EDGE_PARTITIONS = EDGE["federated"]["partitions"]
-# One leakage job without defense, one per defense that lists a strength.
+EDGE_COMPRESSIONS = list(edge_names.COMPRESSIONS)
+# Leakage without defense, and each defense that lists a strength.
 EDGE_DEFENSES = ["none"] + [
     d for d, strengths in EDGE["leakage"]["defenses"].items() if strengths
 ]
@@ -76,10 +78,8 @@ wildcard_constraints:
     mode=_alternatives(MODES + [ABLATION["mode"]]),
     name=_alternatives(DOMAINS + CORPORA),
     train_policy=_alternatives(m2d2_lib.JOIN_POLICIES),
-    edge_mode=_alternatives(EDGE_MODES),
     budget=_alternatives(EDGE_BUDGETS),
     partition=_alternatives(EDGE_PARTITIONS),
-    defense=_alternatives(EDGE_DEFENSES),
 
 
 def sample_targets():

@@ -16,6 +16,9 @@ rule edge_pretrain:
         f"{LOGS}/edge/pretrain.log",
     benchmark:
         f"{RESULTS}/benchmarks/edge/pretrain.tsv"
+    # Heads the edge stages' longest chain (contributions, then sparse): started late, that chain
+    # ran alone at the end of the demo while the other core idled.
+    priority: 30
     conda:
         "../../envs/edge.yaml"
     threads: EDGE["threads"]
@@ -29,15 +32,20 @@ rule edge_pretrain:
         "../scripts/edge_pretrain.py"
 
 
+# One job for every TinyTL mode (and below: every defense, every compression method): the list is in
+# the job's params, so a change to it reran them all anyway, and each job of its own spent about half
+# its time starting Python and importing torch (benchmarks/demo_profile.py).
 rule edge_transfer:
     input:
         net=rules.edge_pretrain.output.net,
     output:
-        json=f"{RESULTS}/edge/transfer/{{edge_mode}}.json",
+        json=expand(f"{RESULTS}/edge/transfer/{{edge_mode}}.json", edge_mode=EDGE_MODES),
     log:
-        f"{LOGS}/edge/transfer/{{edge_mode}}.log",
+        f"{LOGS}/edge/transfer.log",
     benchmark:
-        f"{RESULTS}/benchmarks/edge/transfer/{{edge_mode}}.tsv"
+        f"{RESULTS}/benchmarks/edge/transfer.tsv"
+    # The long edge jobs before the many short language-model jobs, which then fill both cores to the end.
+    priority: 20
     conda:
         "../../envs/edge.yaml"
     threads: EDGE["threads"]
@@ -60,6 +68,8 @@ rule edge_contributions:
         f"{LOGS}/edge/contributions.log",
     benchmark:
         f"{RESULTS}/benchmarks/edge/contributions.tsv"
+    # The longest edge job on that chain (about 50 s in the demo).
+    priority: 30
     conda:
         "../../envs/edge.yaml"
     threads: EDGE["threads"]
@@ -99,9 +109,7 @@ rule edge_sparse:
 rule edge_tables:
     input:
         pretrain=rules.edge_pretrain.output.metrics,
-        transfers=expand(
-            f"{RESULTS}/edge/transfer/{{edge_mode}}.json", edge_mode=EDGE_MODES
-        ),
+        transfers=rules.edge_transfer.output.json,
         contributions=rules.edge_contributions.output.json,
         sparse=expand(
             f"{RESULTS}/edge/sparse/budget_{{budget}}.json", budget=EDGE_BUDGETS
@@ -170,20 +178,25 @@ rule edge_federated:
 
 rule edge_leakage:
     output:
-        json=f"{RESULTS}/edge/leakage/{{defense}}.json",
-        snapshots=f"{RESULTS}/edge/leakage/{{defense}}.npz",
+        json=expand(f"{RESULTS}/edge/leakage/{{defense}}.json", defense=EDGE_DEFENSES),
+        snapshots=expand(
+            f"{RESULTS}/edge/leakage/{{defense}}.npz", defense=EDGE_DEFENSES
+        ),
     log:
-        f"{LOGS}/edge/leakage/{{defense}}.log",
+        f"{LOGS}/edge/leakage.log",
     benchmark:
-        f"{RESULTS}/benchmarks/edge/leakage/{{defense}}.tsv"
+        f"{RESULTS}/benchmarks/edge/leakage.tsv"
+    # As edge_transfer.
+    priority: 20
     conda:
         "../../envs/edge.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=grows(120),
+        runtime=grows(240),
     params:
         edge=edge_params("leakage"),
+        defenses=EDGE_DEFENSES,
         seed=config["seed"],
     script:
         "../scripts/edge_leakage.py"
@@ -194,12 +207,8 @@ rule edge_privacy_tables:
         federated=expand(
             f"{RESULTS}/edge/federated/{{partition}}.json", partition=EDGE_PARTITIONS
         ),
-        leakage=expand(
-            f"{RESULTS}/edge/leakage/{{defense}}.json", defense=EDGE_DEFENSES
-        ),
-        snapshots=expand(
-            f"{RESULTS}/edge/leakage/{{defense}}.npz", defense=EDGE_DEFENSES
-        ),
+        leakage=rules.edge_leakage.output.json,
+        snapshots=rules.edge_leakage.output.snapshots,
     output:
         federated=report(
             f"{RESULTS}/edge/tables/federated.tsv",
@@ -240,19 +249,21 @@ rule edge_compress:
     input:
         net=rules.edge_pretrain.output.net,
     output:
-        json=f"{RESULTS}/edge/compression/{{method}}.json",
+        json=expand(
+            f"{RESULTS}/edge/compression/{{method}}.json", method=EDGE_COMPRESSIONS
+        ),
     log:
-        f"{LOGS}/edge/compression/{{method}}.log",
+        f"{LOGS}/edge/compression.log",
     benchmark:
-        f"{RESULTS}/benchmarks/edge/compression/{{method}}.tsv"
-    wildcard_constraints:
-        method="pruning|quantization|distillation",
+        f"{RESULTS}/benchmarks/edge/compression.tsv"
+    # As edge_transfer.
+    priority: 20
     conda:
         "../../envs/edge.yaml"
     threads: EDGE["threads"]
     resources:
         mem_mb=4000,
-        runtime=grows(60),
+        runtime=grows(90),
     params:
         edge=edge_params("source", "pretrain", "compression"),
         seed=config["seed"],
