@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -245,6 +246,40 @@ def test_stages_end_to_end(tmp_path):
     with pytest.raises(PipelineError, match=r"budget 0.00 KiB is below the cheapest .* raise edge.sparse.budgets_kib"):
         stages.sparse_stage(edge, 1, tmp_path / "net.pt", found, 0.001, tmp_path / "none.json")
     assert not (tmp_path / "none.json").exists()
+
+
+def without_seconds(value):
+    """A stage's result without its timings (the only fields that differ between identical runs)."""
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
+
+
+def test_a_stage_job_gives_each_item_what_it_gives_alone(tmp_path):
+    """edge_transfer and edge_leakage run every mode / defense in one process: each must come out as
+    it does in a process of its own, whatever ran before it (each seeds what it draws)."""
+    edge = tiny_edge()
+    edge["leakage"].update(iterations=3, evaluations_per_step=2, restarts=1, attacks=1, batch_sizes=[1],
+                           defenses={"gaussian": [0.01]}, accuracy={**edge["leakage"]["accuracy"], "steps": 4})
+    edge["leakage"]["task"].update(classes=[0, 1], max_per_class=20)
+    stages.pretrain(edge, 1, tmp_path / "net.pt", tmp_path / "metrics.json")
+    both = stages.transfer_stage(edge, 1, tmp_path / "net.pt", {"bias": tmp_path / "bias.json",
+                                                                "last": tmp_path / "last.json"})
+    assert json.loads((tmp_path / "last.json").read_text())["mode"] == "last"
+    torch.manual_seed(123)  # a global state unlike the one "last" met after "bias"
+    alone = stages.transfer(edge, 1, tmp_path / "net.pt", "last", tmp_path / "alone.json")
+    assert without_seconds(both["last"]) == without_seconds(alone)
+
+    files = {d: (tmp_path / f"{d}.json", tmp_path / f"{d}.npz") for d in ("gaussian", "none")}
+    attacked = stages.leakage_stages(edge, 1, files)
+    assert all(path.exists() for pair in files.values() for path in pair)
+    torch.manual_seed(123)
+    alone = stages.leakage_stage(edge, 1, "none", tmp_path / "alone.json", tmp_path / "alone.npz")
+    assert without_seconds(attacked["none"]) == without_seconds(alone)
+    with np.load(files["none"][1]) as merged, np.load(tmp_path / "alone.npz") as single:
+        assert all(np.array_equal(merged[k], single[k]) for k in single.files)
 
 
 def test_contribution_gains_are_measured_against_their_baselines():
