@@ -137,7 +137,7 @@ def test_demo_runs_as_slurm_jobs_and_one_domain_reruns_alone(slurm_cluster, tmp_
     cfg["domains"]["adaptation"] = ["Culture_and_the_arts__Culture_and_Humanities", "hep-ex"]
     cfg["adaptation"]["modes"] = ["full"]
     cfg["adaptation"]["join_ablation"] = {"models": []}
-    # The edge stages' 19 jobs take ~10 s of SLURM and Snakemake start-up each for ~1 s of work here;
+    # The edge stages' 12 jobs take ~10 s of SLURM and Snakemake start-up each for ~1 s of work here;
     # their rules declare resources like the LM rules do, so the LM part of the DAG stands for them.
     cfg["edge"]["enabled"] = False
     cfg["models"]["tiny-gpt2"]["resources"] = {"adapt": {"mem_mb": 3000, "runtime": 30},
