@@ -127,8 +127,9 @@ def transfer_stage(edge: dict, seed: int, source_path: str | Path, outputs: Mapp
     """Rule edge_transfer: every mode of ``outputs`` (mode -> its JSON) in turn, in one process.
 
     Each mode seeds what it draws, so its result does not depend on the modes run before it. One job
-    for all modes: each job paid about 4 s of imports for 7-15 s of work, and the modes are in the
-    job's params, so changing one reran all of them anyway."""
+    for all modes: a job per mode spent about 6 of its 9-15 s starting Python and importing
+    (``benchmarks/demo_profile.py``), and the modes are in the job's params, so changing one reran
+    all of them anyway."""
     return {mode: transfer(edge, seed, source_path, mode, out) for mode, out in outputs.items()}
 
 
