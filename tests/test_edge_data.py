@@ -76,6 +76,22 @@ def test_digits_are_sklearns_load_digits_read_without_importing_sklearn():
     assert out.stdout.strip() == "False"
 
 
+def test_digits_without_scikit_learn_or_its_file_name_what_is_missing(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    from analysis.edge import data
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match="the digits dataset needs scikit-learn installed"):
+        data.digits_file()
+    empty = importlib.machinery.ModuleSpec("sklearn", None, is_package=True)
+    empty.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: empty)
+    with pytest.raises(DatasetError, match=rf"{tmp_path}/datasets/data/digits.csv.gz: scikit-learn's digits file"):
+        load_task({"dataset": "digits", "classes": [0, 1]}, image_size=8, channels=1, seed=0)
+
+
 def test_digits_split_is_deterministic_for_a_seed_and_differs_across_seeds():
     a, b, c = digits(seed=1, classes=[0, 1]), digits(seed=1, classes=[0, 1]), digits(seed=2, classes=[0, 1])
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
