@@ -205,19 +205,70 @@ def test_a_class_specific_tokenizer_or_setting_loads_through_transformers(tokeni
         assert not isinstance(load_encoding_tokenizer(str(directory)), FileTokenizer), change
 
 
-def test_the_file_tokenizer_ignores_the_files_truncation_as_transformers_does(tokenizers, tmp_path):
+@pytest.mark.parametrize("loader", ["load_encoding_tokenizer", "load_tokenizer"])
+def test_no_encoder_path_applies_the_files_truncation_or_padding(tokenizers, tmp_path, loader):
+    """A tokenizer.json may truncate and pad; transformers applies those only when a call asks, and
+    the piece encoder calls the backend itself, on either loading path (tokenizers alone, or
+    transformers: there the backend keeps the file's settings)."""
     import shutil
 
-    from analysis.lm.models import load_encoding_tokenizer, load_tokenizer
+    from analysis.lm import models
 
     directory = tmp_path / "truncating"
     shutil.copytree(tokenizers["gpt2"][0], directory)
     spec = json.loads((directory / "tokenizer.json").read_text())
     spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    spec["padding"] = {"strategy": {"Fixed": 4096}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"}
     (directory / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = getattr(models, loader)(str(directory))
+    assert tokenizer.backend_tokenizer.truncation is not None  # the file's settings reached the backend
     text = "\n".join(awkward_lines(30, 3))
-    ids = PieceEncoder(load_encoding_tokenizer(str(directory))).encode([text])[0]
-    assert len(ids) > 8 and ids == load_tokenizer(str(directory))(text, add_special_tokens=False)["input_ids"]
+    reference = models.load_tokenizer(str(directory))(text, add_special_tokens=False)["input_ids"]
+    ids = PieceEncoder(tokenizer).encode([text])[0]
+    assert len(ids) > 8 and ids == reference
+    assert tokenizer.backend_tokenizer.truncation is not None  # the caller's tokenizer is left as it was
+
+
+def test_windows_line_ends_and_trailing_spaces_are_cut_like_any_other(tokenizers, tmp_path):
+    """Lines ending in "\\r" or spaces were never cut, so a whole split with Windows line ends was
+    tokenised as one piece (a 32 MB domain passed 4 GB of memory)."""
+    lines = [line.rstrip() for line in awkward_lines(200, 7) if line.strip()]
+    for ending, name in (("\r", "crlf"), (" ", "trailing")):
+        text = "".join(f"{line}{ending}\n" for line in lines)
+        write_domain_dir(tmp_path / name, "hep-ex", {s: text for s in m2d2.SPLITS})
+        for family in ("gpt2", "llama"):
+            directory, tokenizer = tokenizers[family]
+            out = tmp_path / "tok" / name / family
+            record = data.tokenize_domain(model_name=str(directory), m2d2_root=str(tmp_path / name), domain="hep-ex",
+                                          policy="keep", output=out / "hep-ex.bin", metadata=out / "hep-ex.json",
+                                          piece_chars=200, batch_chars=1000, max_piece_chars=5000)
+            stream, _ = whole_text_stream(tokenizer, m2d2.read_split(tmp_path / name, "hep-ex", "train").lines, "keep")
+            assert np.array_equal(TokenStreams(out / "hep-ex.bin").split("train"), stream), (name, family)
+            assert record["tokenization"]["cuts"] > 3 * 20, (name, family)  # about one per 200 characters
+
+
+def test_a_text_that_cannot_be_cut_stops_the_job_before_it_is_tokenised(tokenizers, tmp_path):
+    """Where no cut is safe (a tokenizer that is never cut, or one very long line), a stretch longer
+    than max_piece_chars stops the job naming the file, instead of tokenising it whole."""
+    from analysis.lm.tokenize import PieceTooLong
+
+    text = "".join(f"line {i} of a long document.\n" for i in range(400))
+    cases = {"llama-newline-merges": (text, "never cut"), "gpt2": (text.replace("\n", " ") + "\n", "one line")}
+    for family, (content, why) in cases.items():
+        root = tmp_path / family
+        write_domain_dir(root, "hep-ex", {"train": "short.\n", "valid": "short.\n", "test": content})
+        out = tmp_path / "tok" / family
+        with pytest.raises(PieceTooLong, match=rf"hep-ex/test\.txt: a stretch of [\d,]+ characters .*{why}"):
+            data.tokenize_domain(model_name=str(tokenizers[family][0]), m2d2_root=str(root), domain="hep-ex",
+                                 policy="keep", output=out / "hep-ex.bin", metadata=out / "hep-ex.json",
+                                 piece_chars=100, max_piece_chars=5000)
+        assert list(out.iterdir()) == []
+    # Under the same limit the cut tokenizer goes through the many-line text.
+    record = data.tokenize_domain(model_name=str(tokenizers["gpt2"][0]), m2d2_root=str(tmp_path / "llama-newline-merges"),
+                                  domain="hep-ex", policy="keep", output=tmp_path / "ok" / "hep-ex.bin",
+                                  metadata=tmp_path / "ok" / "hep-ex.json", piece_chars=100, max_piece_chars=5000)
+    assert record["tokenization"]["cuts"] > 50
 
 
 def test_tokenize_domain_does_not_import_transformers(tokenizers, tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from analysis.corpora import m2d2
 from analysis.errors import PipelineError
 from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
-from analysis.lm.tokenize import PieceEncoder, lm_lines, pieces, tokenize_stream
+from analysis.lm.tokenize import MAX_PIECE_CHARS, PieceEncoder, PieceTooLong, lm_lines, pieces, tokenize_stream
 from analysis.lm.tokens import TokenStreams, TokenWriter, stem_of, token_dtype
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def epoch_order(n_blocks: int, seed: int) -> np.ndarray:
 def tokenize_domain(
     *, model_name: str, m2d2_root: str, domain: str, policy: str, output: str | Path, metadata: str | Path,
     max_invalid_fraction: float = 0.01, threads: int | None = None, piece_chars: int = 1 << 18,
-    batch_chars: int = 1 << 22,
+    batch_chars: int = 1 << 22, max_piece_chars: int = MAX_PIECE_CHARS,
 ) -> dict:
     """Tokenise a domain's train, valid and test splits under a join policy into token files.
 
@@ -61,7 +61,8 @@ def tokenize_domain(
     ``<stem>.idx``, and ``metadata``, ``<stem>.json``). The splits are streamed from the release in
     pieces of about ``piece_chars`` characters (``analysis.lm.tokenize``: the stream equals tokenising
     each text whole) and encoded in batches of about ``batch_chars`` characters on ``threads`` threads,
-    so memory does not grow with the domain.
+    so memory does not grow with the domain. A stretch of more than ``max_piece_chars`` characters
+    that cannot be cut stops the job (``PieceTooLong``, naming the split's file) before it is tokenised.
     """
     if threads:  # the tokenizers library sizes its (Rayon) thread pool once, on first use
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
@@ -71,8 +72,8 @@ def tokenize_domain(
     tokenizer = load_encoding_tokenizer(model_name)
     encoder = PieceEncoder(tokenizer)
     if encoder.rule.family is None:
-        log.warning("%s: texts are tokenised whole, never cut (%s); a long text needs memory in proportion",
-                    model_name, encoder.rule.reason)
+        log.warning("%s: texts are tokenised whole, never cut (%s); a text of more than %d characters stops "
+                    "the job", model_name, encoder.rule.reason, max_piece_chars)
     eos = m2d2.ends_with_eos(policy)
     record = {"model": model_name, "domain": domain, "join_policy": policy, "eos_after_each_text": eos,
               "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id, "splits": {}}
@@ -81,9 +82,12 @@ def tokenize_domain(
         for split in m2d2.SPLITS:
             stream = m2d2.SplitStream(m2d2_root, domain, split, max_invalid_fraction)
             writer.begin_split(split)
-            counts = tokenize_stream(pieces(lm_lines(stream, policy), encoder, piece_chars), encoder, writer,
-                                     eos_id=tokenizer.eos_token_id if eos else None, batch_chars=batch_chars,
-                                     progress=f"{domain} {split}: ")
+            try:
+                counts = tokenize_stream(pieces(lm_lines(stream, policy), encoder, piece_chars, max_piece_chars),
+                                         encoder, writer, eos_id=tokenizer.eos_token_id if eos else None,
+                                         batch_chars=batch_chars, progress=f"{domain} {split}: ")
+            except PieceTooLong as exc:
+                raise PieceTooLong(f"{stream.source}: {exc}") from None
             writer.end_split()
             record["splits"][split] = {"source": stream.source, "sha256": stream.sha256,
                                        "documents": counts.documents, "tokens": counts.tokens,

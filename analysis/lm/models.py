@@ -128,8 +128,6 @@ def _file_tokenizer(name: str) -> FileTokenizer | None:
            for key in ("eos_token", "bos_token")}
     if ids["eos_token"] is None:
         return None  # load_tokenizer says why
-    backend.no_truncation()  # transformers encodes without the file's truncation or padding
-    backend.no_padding()
     return FileTokenizer(backend, ids["eos_token"], ids["bos_token"])
 
 

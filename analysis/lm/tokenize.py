@@ -7,31 +7,39 @@ the tokenizer's threads, and the ids are streamed to the token file. Cutting any
 the stream: for GPT-2's byte-level BPE a piece ending in ``"\\n\\n"`` becomes one token where the whole
 text has two, and SentencePiece-style tokenizers prepend a space to every call.
 
-**The cut rule.** A text is cut only at a newline between two non-whitespace characters,
-``...X\\n|Y...``, where the line before does not end with an added token (such as ``</s>``); the
-left piece is tokenised as it is, the right piece as ``PRIMER + "\\n" + piece``, and the primer's
-tokens (checked) are dropped. Then ``tokens(text) == tokens(left) + tokens(right)``
-for two families of tokenizers, recognised from their ``tokenizer.json`` (``cut_rule``):
+**The cut rule.** A text is cut only at a newline followed by a non-whitespace character,
+``...X\\n|Y...`` (``X`` may be whitespace, such as the ``\\r`` of Windows line ends or trailing
+spaces), with no added token (such as ``</s>``) on either side of the newline; the left piece is
+tokenised as it is, the right piece as ``PRIMER + "\\n" + piece``, and the primer's tokens (checked)
+are dropped. Then ``tokens(text) == tokens(left) + tokens(right)`` for two families of tokenizers,
+recognised from their ``tokenizer.json`` (``cut_rule``):
 
 * **byte-level** (GPT-2, GPT-NeoX / OLMo): a ``ByteLevel`` pre-tokenizer with the GPT-2 regex and no
   prefix space, an optional Unicode normaliser (NFC ...), BPE. BPE never merges across pre-tokens, and
   the regex splits ``X | \\n | Y`` the same way with or without the text around them: no alternative
-  extends from a non-space across a newline, a single newline before a non-space is its own
-  pre-token, and the regex has no look-behind, so matching from ``Y`` on is the same in the piece as
-  in the text. The primer ``a\\n`` is split off the same way. A newline is a starter that composes
-  with nothing, so Unicode normalisation does not act across it.
+  extends from a non-space across a newline; whitespace before the newline is matched by
+  ``\\s+(?!\\S)`` up to the newline, as it is at the end of the left piece; a newline before a
+  non-space is its own pre-token; and the regex has no look-behind, so matching from ``Y`` on is the
+  same in the piece as in the text. The primer ``a\\n`` is split off the same way. A newline is a
+  starter that composes with nothing, so Unicode normalisation does not act across it.
 * **newline barrier** (LLaMA): no pre-tokenizer (or a ``Metaspace`` one), a ``Prepend("▁")`` +
   ``Replace(" ", "▁")`` normaliser, BPE with byte fallback, and no vocabulary entry holding a newline
   beside anything else: no merge can join a newline to a neighbour, so BPE acts on the text between
   newlines independently. The ``"▁"`` the normaliser prepends to each call lands on the primer,
   whose tokens are dropped, not on the piece. (Added tokens are split off before the normaliser runs,
-  which then prepends its ``"▁"`` to each stretch of text between them: hence no cut right after one.)
+  which then prepends its ``"▁"`` to each stretch of text between them: hence no cut next to one.)
 
-Any other tokenizer is never cut (each text is tokenised whole, as before, with a warning), and each
-cut is also checked on the two lines around it before it is used (a cut whose check fails is
-skipped). ``tests/test_tokenize.py`` compares the stream with whole-text tokenisation for tokenizers
-built like GPT-2's, LLaMA's and OLMo's on text full of blank-line runs, leading spaces, long lines and
-non-ASCII.
+Any other tokenizer is never cut (each text is tokenised whole, with a warning), and each cut is also
+checked on the two lines around it before it is used (a cut whose check fails is skipped).
+``tests/test_tokenize.py`` compares the stream with whole-text tokenisation for tokenizers built like
+GPT-2's, LLaMA's and OLMo's on text full of blank-line runs, leading and trailing spaces, carriage
+returns, long lines and non-ASCII.
+
+**Bounded memory.** Tokenising one piece costs about 200 MB per MB of its text (measured: 196 MiB for
+a piece of 4 and of 16 MB with a byte-level BPE; pieces of 256 kB in a batch cost a third of that).
+A text with no allowed cut for more than ``max_piece_chars`` characters (a tokenizer that is never
+cut under the ``keep`` policy, a very long line) would have to be tokenised as one piece: the job
+stops there with ``PieceTooLong``, naming the file, before it exhausts its memory.
 """
 
 from __future__ import annotations
@@ -45,10 +53,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 from analysis.corpora import m2d2
+from analysis.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 PRIMER = "a"
+#: The longest piece tokenised at once (characters): about 0.8 GB at ~200 MB per MB (module
+#: docstring), inside a tokenize_domain job's memory (``resources.TOKENIZE_MEM_MB``) beside the
+#: interpreter (~0.4 GB) and the batches read ahead.
+MAX_PIECE_CHARS = 1 << 22
 _UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
 
 
@@ -102,12 +115,33 @@ def cut_rule(tokenizer) -> CutRule:
     return CutRule(None, f"pre-tokenizer {pre['type']}")
 
 
+def _without_truncation(backend):
+    """``backend``, or a copy of it without the truncation and padding its ``tokenizer.json`` may set.
+
+    The ids are encoded by the backend itself (``encode_batch_fast``), which applies those sections
+    (transformers applies them only when a call asks): a file that truncates at 8 tokens would cut
+    every piece to 8 ids. A copy, so that the caller's tokenizer keeps its settings.
+    """
+    if backend is None or (backend.truncation is None and backend.padding is None):
+        return backend
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+class PieceTooLong(PipelineError):
+    """A stretch of text longer than ``max_piece_chars`` with no newline where a cut is allowed."""
+
+
 class PieceEncoder:
     """Encodes texts and pieces of texts with a Hugging Face tokenizer (no special tokens added)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.backend = _without_truncation(getattr(tokenizer, "backend_tokenizer", None))
         self.rule = cut_rule(tokenizer)
         # Added tokens are split off before normalisation, and each stretch of text between them is
         # normalised on its own: after a line ending in one, a Prepend normaliser would prepend "▁"
@@ -140,10 +174,18 @@ class PieceEncoder:
         return encoded
 
     def rule_allows(self, before: str, after: str) -> bool:
-        """Whether the cut rule allows a cut at the newline between lines ``before`` and ``after``."""
-        if self.rule.family is None or not before or not after or before[-1].isspace() or after[0].isspace():
+        """Whether the cut rule allows a cut at the newline between lines ``before`` and ``after``.
+
+        ``before`` may end in whitespace (a Windows ``\r``, trailing spaces): the whitespace stays
+        with the left piece, a pre-token of its own in the text as in the piece (see the module
+        docstring); refusing such lines left a file with Windows line ends without any cut. Next to
+        an added token there is no cut: added tokens are split off first, so the newline would end
+        or begin a stretch of text of its own (where GPT-2's regex joins it to the whitespace before
+        it, and a Prepend normaliser puts its "▁" after it).
+        """
+        if self.rule.family is None or not before or not after or after[0].isspace():
             return False
-        return not (self.added and before.endswith(self.added))
+        return not (self.added and (before.endswith(self.added) or after.startswith(self.added)))
 
     def can_cut(self, before: str, after: str) -> bool:
         """``rule_allows``, and the two lines around the cut tokenise the same whole and cut."""
@@ -192,9 +234,11 @@ def lm_lines(lines: Iterable[str], policy: str) -> Iterator[tuple[str, bool]]:
         raise m2d2.CorpusError(f"unknown join policy {policy!r}; expected one of {m2d2.JOIN_POLICIES}")
 
 
-def pieces(lines: Iterable[tuple[str, bool]], encoder: PieceEncoder, piece_chars: int) -> Iterator[Piece]:
+def pieces(lines: Iterable[tuple[str, bool]], encoder: PieceEncoder, piece_chars: int,
+           max_piece_chars: int | None = None) -> Iterator[Piece]:
     """The texts of ``lm_lines`` as pieces of at least ``piece_chars`` characters where the cut rule
-    allows a cut, else as whole texts."""
+    allows a cut, else as whole texts. A piece that would grow past ``max_piece_chars`` characters
+    raises ``PieceTooLong`` before it is tokenised."""
     current: list[str] = []
     chars, continued = 0, False
     for line, begins in lines:
@@ -206,8 +250,24 @@ def pieces(lines: Iterable[tuple[str, bool]], encoder: PieceEncoder, piece_chars
             current, chars, continued = [], 0, True
         current.append(line)
         chars += len(line) + 1
+        if max_piece_chars is not None and chars > max_piece_chars:
+            raise PieceTooLong(_too_long(encoder, chars, len(current)))
     if current:
         yield Piece("\n".join(current), not continued, True, continued)
+
+
+def _too_long(encoder: PieceEncoder, chars: int, lines: int) -> str:
+    if encoder.rule.family is None:
+        why = f"this tokenizer is never cut ({encoder.rule.reason})"
+    elif lines == 1:
+        why = "it is one line, and texts are cut only at newlines"
+    else:
+        why = (f"none of its {lines} line ends allows a cut (a cut needs a newline followed by a non-space "
+               f"character and no added token beside it; {encoder.rejected_cuts} cuts failed their check so far)")
+    return (f"a stretch of {chars:,} characters has no place to cut it into pieces: {why}. Tokenised "
+            f"whole it would need about {200 * chars / 1e6:,.0f} MB of memory, so the job stops here. Use a join "
+            "policy that makes shorter texts (paragraph or line, see adaptation.join_policy) or break the text "
+            "into lines.")
 
 
 @dataclass
