@@ -1,13 +1,15 @@
 """The memory plan (analysis/lm/plan.py) against what training really allocates, on CPU.
 
     .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2] [--steps 2]
+    .venv/bin/python benchmarks/memory_plan.py --smoke   # a 1-block GPT-2, ZeRO-0 and ZeRO-2 + offload, 2 steps
 
 For each model shape and setting (ZeRO stage, optimizer offload, checkpointing), a fresh process
 trains a randomly initialised model of that shape for a few steps through analysis.lm.train.train
 (DeepSpeed's CPU accelerator) and reports what does not come from the plan:
 
-* DeepSpeed's own partitions, read from its optimizer after the first step: the AdamW moments,
-  the fp32 master partition, the parameter partition (``memory.json``'s fields);
+* DeepSpeed's own partitions and buffers, read from its optimizer after the first step: the AdamW
+  moments, the fp32 master partition, the parameter partition, ZeRO-1/2's reduction bucket and, under
+  optimizer offload, the copy buffers and the fp32 gradient partition (``memory.json``'s fields);
 * the bytes autograd saved for backward at full depth (the plan extrapolates them from depths 1 and 2);
 * the process's peak resident memory (VmHWM) over the run (after the first step the AdamW state
   exists, so later steps hold everything at once).
@@ -115,8 +117,15 @@ def main() -> None:
                     "fp32 master": (where["fp32 master"], measured["master_weight_bytes"]),
                     "parameter partition": (where["weights"], measured["parameter_partition_bytes"]),
                     "saved for backward": (est.activations.total, measured["saved_for_backward_bytes"]),
+                    "reduce bucket, allocated": (states["device"]["reduce bucket"],
+                                                 measured.get("reduce_bucket_bytes", 0)),
                     "peak resident (VmHWM)": (est.host_bytes, measured["peak_resident_bytes"]),
                 }
+                if s.offload_optimizer and s.zero_stage < 3:
+                    pairs["offload copy buffers, device + host"] = (
+                        states["device"]["offload copies"] + states["host"]["offload copies"],
+                        sum(measured["offload_copy_bytes"].values()))
+                    pairs["fp32 gradient partition"] = (where["fp32 gradients"], measured["fp32_gradient_bytes"])
                 for what, (planned, got) in pairs.items():
                     rows.append((name, s.describe(), what, planned, got))
     print("| shape | setting | quantity | plan MB | measured MB | plan / measured |")

@@ -33,8 +33,8 @@ def test_parameters_of_the_paper_models_need_no_hub():
     assert bias.total == 124_439_808 and 0 < bias.trainable < bias.total / 1000
 
 
-@pytest.mark.parametrize("setting", [plan.Setting(0), plan.Setting(2), plan.Setting(3, True, True)],
-                         ids=lambda s: s.describe())
+@pytest.mark.parametrize("setting", [plan.Setting(0), plan.Setting(2), plan.Setting(2, offload_optimizer=True),
+                                     plan.Setting(3, True, True)], ids=lambda s: s.describe())
 def test_model_states_equal_what_deepspeed_allocates(tiny_model, tmp_path, setting):
     from analysis.lm.models import load_causal_lm
     from analysis.lm.train import TrainSettings, train
@@ -52,8 +52,18 @@ def test_model_states_equal_what_deepspeed_allocates(tiny_model, tmp_path, setti
     assert where["AdamW moments"] == measured["optimizer_state_bytes"]
     assert where["fp32 master"] == measured["master_weight_bytes"]
     assert where["weights"] == measured["parameter_partition_bytes"]
+    # ZeRO-1/2's gradient buffers, as DeepSpeed's optimizer sizes them.
+    assert states["device"]["reduce bucket"] == measured.get("reduce_bucket_bytes", 0)
     if setting.offload_optimizer:
         assert states["device"]["AdamW moments"] == 0 and states["host"]["AdamW moments"] > 0
+    if setting.offload_optimizer and setting.zero_stage == 2:
+        # No gradient partition on the device: each gradient goes from the bucket to the host, through a
+        # buffer of the largest trained tensor on each side (float32 here: no float32 copy on the way).
+        assert states["device"]["gradients"] == 0
+        copies = measured["offload_copy_bytes"]
+        assert (states["device"]["offload copies"], states["host"]["offload copies"]) == (copies["device"], copies["host"])
+        assert states["host"]["fp32 gradients"] == measured["fp32_gradient_bytes"]
+        assert copies["device"] == 4 * max(p.numel() for p in load_causal_lm(str(tiny_model)).parameters())
 
 
 @pytest.mark.parametrize("mode,checkpointing", [("full", False), ("full", True), ("sparse", False), ("lora", False)])
@@ -67,22 +77,33 @@ def test_activations_extrapolated_from_two_depths_equal_a_full_depth_measurement
     assert extrapolated.total == pytest.approx(full, rel=0.10)
 
 
-def test_bfloat16_zero2_states_are_deepspeeds_own_estimate():
+def test_bfloat16_zero2_states_are_deepspeeds_own_estimate_and_the_reduce_bucket():
+    """DeepSpeed's estimator counts the model states (2 P + 18 P / N; with offload 2 P on the device),
+    not the reduction bucket (1 GB in bfloat16) nor offload's copies of the largest tensor."""
     shape = plan.model_shape("gpt2")
+    bucket = plan.REDUCE_BUCKET_ELEMENTS * 2
     for processes in (1, 4):
         ours = plan.state_bytes(shape, plan.Setting(2), "bfloat16", processes)["device"]
         theirs = plan.deepspeed_estimate(shape, plan.Setting(2), processes)["device"]
-        assert sum(ours.values()) == pytest.approx(theirs, rel=1e-6)
+        assert sum(ours.values()) - bucket == pytest.approx(theirs, rel=1e-6)
+        offload = plan.Setting(2, offload_optimizer=True)
+        ours = plan.state_bytes(shape, offload, "bfloat16", processes)["device"]
+        theirs = plan.deepspeed_estimate(shape, offload, processes)["device"]
+        copies = (2 + 4) * 50257 * 768  # the embedding, GPT-2's largest tensor: a bf16 buffer, an fp32 copy
+        assert sum(ours.values()) - bucket - copies == pytest.approx(theirs, rel=1e-6)
 
 
 def test_seven_billion_parameters_fit_one_80gb_gpu_only_with_offload():
     """Full AdamW of LLaMA-7B: 2 + 2 + 4 + 4 + 8 bytes per parameter without offload (135 GB)."""
     shape = plan.model_shape("huggyllama/llama-7b")
+    bucket = plan.REDUCE_BUCKET_ELEMENTS * 2
     states = plan.state_bytes(shape, plan.Setting(0), "bfloat16")
     assert sum(states["device"].values()) / 1e9 == pytest.approx(20 * shape.total / 1e9, rel=1e-6)
     offloaded = plan.state_bytes(shape, plan.Setting(2, offload_optimizer=True), "bfloat16")
-    assert sum(offloaded["device"].values()) == 4 * shape.total  # bf16 weights and gradients
-    assert sum(offloaded["host"].values()) == 16 * shape.total
+    # bf16 weights, the bucket, and the copies of the largest tensor (the embedding): no gradient partition
+    embedding = 32000 * 4096
+    assert sum(offloaded["device"].values()) == 2 * shape.total + bucket + (2 + 4) * embedding
+    assert sum(offloaded["host"].values()) == 16 * shape.total + 2 * embedding
 
 
 def test_settings_deepspeed_cannot_run_are_refused_in_one_line(tmp_path):

@@ -8,7 +8,13 @@ allocates, as read from its optimizers (``analysis.lm.train.partition_bytes`` re
 ================  =====================================================================
 weights           P w; ZeRO-3: P w / N, plus the gathered working set of the largest
                   layers (2 x the largest layer); parameter offload moves P w / N to the host
-gradients         T w; ZeRO-2/3: T w / N
+gradients         T w; ZeRO-2/3: T w / N; ZeRO-2 with optimizer offload keeps none on the device
+                  (each gradient goes from the reduction bucket to the host's fp32 partition)
+reduce bucket     ZeRO-1/2: ``REDUCE_BUCKET_ELEMENTS`` x w, allocated at every backward whatever the
+                  model's size (DeepSpeed's own estimator leaves it out)
+offload copies    ZeRO-1/2 with optimizer offload: a buffer of the largest trained tensor in the
+                  training precision on the device and one on the host, and on the device the
+                  float32 copy of one gradient on its way to the host (when w is not 4)
 fp32 master copy  4 T when the precision is not float32 or ZeRO runs (ZeRO-1/2/3 step a flat
                   fp32 partition of their own; stage 0 in float32 steps the weights themselves);
                   / N under ZeRO
@@ -19,7 +25,10 @@ AdamW moments     8 T; / N under ZeRO
 
 Optimizer offload moves the master copy, the fp32 gradients and the moments to the host (16 T / N
 in bfloat16): ZeRO-Offload. At bfloat16 and ZeRO-2 this is DeepSpeed's own accounting,
-``estimate_zero2_model_states_mem_needs`` (2 P + 18 P / N without offload), printed beside ours.
+``estimate_zero2_model_states_mem_needs`` (2 P + 18 P / N without offload, 2 P with it), plus the
+bucket and the offload copies, which that estimator leaves out; it is printed beside ours. The
+bucket and the copy buffers are read from DeepSpeed's optimizer in every run
+(``analysis.lm.train.gradient_buffer_bytes``, tested against the plan).
 
 **Activations** per micro-batch: measured, not modelled. The model's shape is built at depth 1 and
 2 with real (random) weights, one training forward of one sequence (times the micro-batch) runs under
@@ -81,6 +90,11 @@ GPU_PEAK_FLOPS = {"a100": 312e12, "h100": 989e12, "h200": 989e12, "l40s": 362e12
 #: Fraction of the peak an adaptation job reaches (stated assumption; benchmarks/gpu_check.py
 #: measures it on a GPU).
 DEFAULT_UTILISATION = 0.35
+#: DeepSpeed's gradient reduction bucket (elements): ZeRO-1/2 allocate one on the device at every
+#: backward, in the training precision, whatever the model's size (``setup_buckets``; two with
+#: overlap_comm, which stages 1-2 leave off). DeepSpeed's default, written into every run's config
+#: (``analysis.lm.train.deepspeed_config``) so that the plan and the run agree.
+REDUCE_BUCKET_ELEMENTS = 500_000_000
 #: AdamW updates per second of DeepSpeed's CPU Adam on the host: measured 1.8e9/s on this 2-core
 #: machine over 100 M fp32 parameters (benchmarks/training.py --adam-parameters 100000000; torch's
 #: foreach AdamW: 2.5e8/s); taken as 1e9/s for a node whose memory bandwidth other jobs share.
@@ -178,6 +192,7 @@ class Shape:
     trainable: int
     layers: int
     largest_layer: int  # parameters of the largest single module (DeepSpeed's "largest layer")
+    largest_trained: int  # elements of the largest trained tensor (DeepSpeed's "largest_param_numel")
 
     @property
     def trainable_fraction(self) -> float:
@@ -206,7 +221,9 @@ def _shape_cached(name_or_path: str, mode: str, options_key: str) -> Shape:
     total = sum(p.numel() for p in unique)
     trainable = sum(p.numel() for p in unique if p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return Shape(total=total, trainable=trainable, layers=config.num_hidden_layers, largest_layer=largest)
+    largest_trained = max((p.numel() for p in unique if p.requires_grad), default=0)
+    return Shape(total=total, trainable=trainable, layers=config.num_hidden_layers, largest_layer=largest,
+                 largest_trained=largest_trained)
 
 
 def model_shape(name_or_path: str, mode: str = "full", scheme_options: Mapping | None = None) -> Shape:
@@ -356,17 +373,26 @@ def state_bytes(shape: Shape, setting: Setting, precision: str, processes: int =
     weights = P * w / (N if stage == 3 else 1)
     gathered = 2 * shape.largest_layer * w if stage == 3 else 0
     gradients = T * w / (N if stage >= 2 else 1)
+    bucket = REDUCE_BUCKET_ELEMENTS * w if stage in (1, 2) else 0
     master = 4 * T / (N if zero else 1) if (w != 4 or zero) else 0
     # bf16: DeepSpeed's fp32 gradient accumulation; offload: the fp32 gradient partition on the host.
     gradients32 = 4 * T / (N if zero else 1) if (w != 4 or setting.offload_optimizer) else 0
     moments = 8 * T / (N if zero else 1)
     device = {"weights": 0.0 if setting.offload_parameters else weights, "gathered layers": gathered,
-              "gradients": gradients, "fp32 master": master, "fp32 gradients": gradients32,
+              "gradients": gradients, "reduce bucket": bucket, "fp32 master": master, "fp32 gradients": gradients32,
               "AdamW moments": moments}
     host = {"weights": weights if setting.offload_parameters else 0.0}
     if setting.offload_optimizer:
         for key in ("fp32 master", "fp32 gradients", "AdamW moments"):
             host[key], device[key] = device[key], 0.0
+        if stage in (1, 2):
+            # DeepSpeed's stage_1_and_2.py: temp_grad_buffer_for_gpu_offload and _for_cpu_offload, and the
+            # .to(float32) of a gradient in async_inplace_copy_grad_to_fp32_buffer_from_gpu.
+            largest = shape.largest_trained
+            device["offload copies"] = largest * w + (4 * largest if w != 4 else 0)
+            host["offload copies"] = largest * w
+        if stage == 2:  # copy_grads_in_partition returns before grads_in_partition is allocated
+            device["gradients"] = 0.0
     return {"device": {k: int(v) for k, v in device.items()}, "host": {k: int(v) for k, v in host.items() if v}}
 
 
@@ -474,6 +500,8 @@ def estimate(shape: Shape, setting: Setting, activations: Activations, precision
         # of the gradient partition on the host (ZeRO-3's offload path does not).
         host["offload gradient buffers"] = 8 * shape.trainable / target.processes
     if target.device == "cpu":  # the "device" is the host
+        # Of the bucket only the pages written are resident on the CPU: at most the trained gradients.
+        device["reduce bucket"] = min(device["reduce bucket"], shape.trainable * w)
         host.update({f"{k} (on CPU)": v for k, v in device.items()})
         host.pop("weights as loaded")  # the module's own weights are those
         device_total = 0
@@ -633,8 +661,7 @@ def plan_record(cfg: Mapping, model_key: str, target: Target, modes: Iterable[st
         mine = estimates[settings.index(configured)]
         best = cheapest(estimates[:len(CANDIDATES)])
         record["modes"][mode] = {
-            "parameters": {"total": shape.total, "trainable": shape.trainable, "layers": shape.layers,
-                           "largest_layer": shape.largest_layer},
+            "parameters": asdict(shape),
             "activations_per_micro_batch": {
                 "without_checkpointing": asdict(estimates[settings.index(Setting(0))].activations),
                 "with_checkpointing": asdict(estimates[settings.index(Setting(0, gradient_checkpointing=True))]
@@ -666,7 +693,10 @@ def record_runtime_seconds(record: Mapping, mode: str, train_tokens: int, steps:
     """``runtime_seconds`` of a plan record's configured setting on its target."""
     target = record["target"]
     on_gpu = target["device"] == "cuda"
-    return runtime_seconds(Shape(**record["modes"][mode]["parameters"]), train_tokens,
+    parameters = record["modes"][mode]["parameters"]
+    # A plan written before largest_trained was recorded: a tensor is never larger than its module.
+    shape = Shape(**{"largest_trained": parameters["largest_layer"], **parameters})
+    return runtime_seconds(shape, train_tokens,
                            Setting(**record["configured"]), target["peak_flops"] if on_gpu else CPU_FLOPS,
                            target["utilisation"] if on_gpu else 1.0, target["processes"], steps)
 

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from analysis.errors import PipelineError
 from analysis.io import write_json
 from analysis.lm.loss import forward_loss
-from analysis.lm.plan import check_zero_settings
+from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, check_zero_settings
+from analysis.runner import job_settings
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def resolve_precision(dtype: str, device: torch.device) -> str:
 def deepspeed_config(settings: TrainSettings, world_size: int = 1, pin_memory: bool = False) -> dict:
     """The DeepSpeed config of a run; ``pin_memory`` (page-locked host buffers for offload) on GPUs."""
     check_zero_settings(settings.zero_stage, settings.offload_optimizer, settings.offload_parameters)
-    zero: dict = {"stage": settings.zero_stage}
+    zero: dict = {"stage": settings.zero_stage, "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS}
     if settings.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     if settings.offload_parameters:
@@ -288,6 +289,8 @@ def train(
     if effective != (settings.micro_batch_size, settings.gradient_accumulation_steps):
         raise PipelineError(f"DeepSpeed changed the batch settings {ds_config} to {effective}")
     device = engine.device
+    if device.type == "cuda":  # the record's peak is the training's, not what ran before in the process
+        torch.cuda.reset_peak_memory_stats(device)
 
     state = {"step": 0, "curves": [], "train_seconds": 0.0, "eval_seconds": 0.0, "memory": None}
     if _read_fingerprint(checkpoint_dir) not in (None, fingerprint):
@@ -441,6 +444,30 @@ def partition_bytes(engine, optimizer) -> dict:
             "parameter_partition_bytes": int(parameters)}
 
 
+def gradient_buffer_bytes(optimizer) -> dict:
+    """ZeRO-1/2's gradient buffers as DeepSpeed sizes them, read from its optimizer: the reduction
+    bucket (allocated at each backward and released after it: its size and dtype) and, under optimizer
+    offload, the copy buffers of the largest trained tensor on the device and on the host and the
+    host's fp32 gradient partition. ``{}`` for ZeRO-0 and ZeRO-3. The memory plan counts the same
+    (``plan.state_bytes``; tests/test_plan.py)."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    if not isinstance(optimizer, DeepSpeedZeroOptimizer):
+        return {}
+    buckets = (2 if optimizer.overlap_comm else 1) if optimizer.contiguous_gradients else 0
+    element = torch.empty(0, dtype=optimizer._gradient_reduction_buffer_dtype()).element_size()
+    record = {"reduce_bucket_bytes": int(buckets * optimizer.reduce_bucket_size * element)}
+    if optimizer.cpu_offload:
+        record["offload_copy_bytes"] = {
+            where: int(t.numel() * t.element_size())
+            for where, t in (("device", optimizer.temp_grad_buffer_for_gpu_offload),
+                             ("host", optimizer.temp_grad_buffer_for_cpu_offload))}
+        # The host's fp32 gradient partition the CPU step reads (kept between steps under offload).
+        record["fp32_gradient_bytes"] = int(sum(g.grad.numel() * g.grad.element_size()
+                                                for g in optimizer.single_partition_of_fp32_groups))
+    return record
+
+
 def peak_resident_bytes() -> int:
     """The process's peak resident memory (VmHWM), Linux; 0 where /proc is not there."""
     try:
@@ -471,6 +498,7 @@ def _memory_record(engine, optimizer, params, saved: dict, settings: TrainSettin
         "gradient_bytes": int(sum(numel(p) * p.element_size() for p in params)),
         "total_parameters": int(sum(numel(p) for p in engine.module.parameters())),
         **partition_bytes(engine, optimizer),
+        **gradient_buffer_bytes(optimizer),
         "peak_resident_bytes_after_first_step": peak_resident_bytes(),
     }
     if engine.device.type == "cuda":
