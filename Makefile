@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint format lock clean-results deepspeed-ops gpu-wheels
+.PHONY: run test test-unit test-shuffled lint format lock clean-results deepspeed-ops gpu-wheels
 
 # uv installs the pinned set in parallel: about 1 minute instead of pip's 2.5 (benchmarks/install.sh).
 # It does not read pip's configuration: the wheel directories pip is told of (PIP_FIND_LINKS, e.g.
@@ -28,9 +28,19 @@ run: $(STAMP)
 # worker to need it (tests/conftest.py). One process left a core idle for most of the suite.
 # `pytest` alone, or PYTEST_WORKERS=0, runs in one process.
 PYTEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS)
+# TEST_ORDER_SEED=N runs the tests in the order pytest-randomly draws from seed N (pytest's header
+# prints it; the same N replays the order), TEST_ORDER_SEED=random in a new one; unset, in the files'
+# order. Its reseeding of the global generators stays off: the tests' own fixture seeds them.
+TEST_ORDER_SEED ?=
+PYTEST_ORDER := $(if $(TEST_ORDER_SEED),-p randomly --randomly-dont-reset-seed \
+	$(if $(filter random,$(TEST_ORDER_SEED)),,--randomly-seed=$(TEST_ORDER_SEED)))
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ORDER)
 test: $(STAMP)
 	$(PYTEST)
+
+# The whole suite in a shuffled order (a new seed unless TEST_ORDER_SEED names one).
+test-shuffled: $(STAMP)
+	$(MAKE) test TEST_ORDER_SEED=$(or $(TEST_ORDER_SEED),random)
 
 # The tests that do not run Snakemake (not marked integration): about a third of `make test`.
 test-unit: $(STAMP)

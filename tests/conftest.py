@@ -13,7 +13,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # seconds to 147 s. Jobs the tests start set their own threads (Snakemake: the rule's).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The tests never reach the Hugging Face hub. huggingface_hub reads this once, when it is first
+# imported: set here, before any test module imports it, for every test and every job they start.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
+import random
+import sys
+
+import numpy as np
 import pytest
 from filelock import FileLock
 
@@ -74,11 +81,60 @@ def demo_copy(demo_run, tmp_path):
 DEMO_FIXTURES = {"demo_run", "demo_copy"}
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_generators():
+    """Each test starts from the same state of the global generators (``random``, NumPy's legacy
+    ``np.random``, torch's), whatever ran before it in this process: a test that draws from them
+    gets the same numbers in any order. (Module and session fixtures seed what they draw.)"""
+    random.seed(0)
+    np.random.seed(0)
+    if "torch" in sys.modules:  # not imported yet: its generator is still at its fixed initial seed
+        sys.modules["torch"].manual_seed(0)
+
+
+#: Variables that libraries set once, when first imported (scikit-learn: its OpenMP runtime's; Flower:
+#: gRPC's and Ray's; torch's inductor: its cache); the import, and with it the variable, stays for the
+#: process whichever test made it.
+SET_ON_IMPORT = {"KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "GRPC_VERBOSITY", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
+                 "TORCHINDUCTOR_CACHE_DIR"}
+#: pytest's own, changed between a test's setup and its teardown.
+PYTEST_OWN = {"PYTEST_CURRENT_TEST"}
+
+
+@pytest.fixture(autouse=True)
+def _process_state_is_restored():
+    """A test leaves the environment, the working directory and torch's thread count as it found
+    them (a later test in the same worker would run differently); the test fails if it does not."""
+    environment, directory = dict(os.environ), os.getcwd()
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    changed = sorted(k for k in (set(environment) | set(os.environ)) - SET_ON_IMPORT - PYTEST_OWN
+                     if environment.get(k) != os.environ.get(k))
+    problems = [f"environment variables {changed}"] if changed else []
+    if os.getcwd() != directory:
+        problems.append(f"working directory {os.getcwd()} (was {directory})")
+        os.chdir(directory)
+    if threads is not None and torch.get_num_threads() != threads:
+        problems.append(f"torch threads {torch.get_num_threads()} (was {threads})")
+        torch.set_num_threads(threads)
+    for key in changed:
+        if key in environment:
+            os.environ[key] = environment[key]
+        else:
+            del os.environ[key]
+    if problems:
+        pytest.fail("the test changed process state it did not restore: " + "; ".join(problems))
+
+
 def pytest_collection_modifyitems(config, items):
     """The tests of the demo run go first, as the suite's longest chain (the run, ~6 minutes on both
     cores, then its tests), and the SLURM test next, which mostly waits on its cluster. Under
     `make test`'s two workers the first worker to reach the run makes it and the other waits for it
-    (the run keeps both cores busy). The order changes nothing else: the tests pass in any order."""
+    (the run keeps both cores busy). The order changes nothing else: the tests pass in any order,
+    which `make test TEST_ORDER_SEED=...` checks (pytest-randomly's order is then kept as it is)."""
+    if config.pluginmanager.hasplugin("randomly"):
+        return
     demo = [item for item in items if DEMO_FIXTURES & set(getattr(item, "fixturenames", ()))]
     slurm = [item for item in items if item not in demo and item.path.name == "test_slurm.py"]
     first = demo + slurm

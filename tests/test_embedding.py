@@ -15,8 +15,6 @@ import pytest
 
 from analysis.similarity import embedding
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 TEXTS = [
     "The treaty was signed in 1648 by the envoys of both kingdoms.",
     "We present a measurement of the inclusive cross section using 36.1 fb$^{-1}$ of data.",

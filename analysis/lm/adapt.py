@@ -31,6 +31,7 @@ import numpy as np
 from analysis.config import settings_from
 from analysis.errors import PipelineError
 from analysis.io import atomic_dir, derive_seed, write_json
+from analysis.runner import restores_job_settings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def _tied_keys(model) -> set[str]:
     return tied
 
 
+@restores_job_settings()
 def adapt(
     *,
     model_key: str,
@@ -85,6 +87,7 @@ def adapt(
     ``adaptation`` is the config section of that name (curve points, checkpoints, loss, the plan
     check). Checkpoints go to ``checkpoint_dir``; a rerun with the same settings resumes from the
     newest. Under ``deepspeed --num_gpus N`` every rank calls this and rank 0 writes the outputs.
+    Torch runs on ``threads`` threads, as before the call afterwards.
     Returns the metrics (``metrics.json``) on rank 0, ``{}`` elsewhere.
     """
     # torch, transformers, DeepSpeed and pandas are imported here, not at the top: importing this
@@ -98,7 +101,6 @@ def adapt(
     from analysis.selection.schemes import Scheme, apply_scheme, merged_model, touched_parameters, trainable_summary
 
     start = time.perf_counter()
-    torch.set_num_threads(threads)
     scheme = None if mode == "auto_sparse" else Scheme.from_config(mode, scheme_options)
     block_size = model_spec["context_length"]
     splits, dropped = {}, {}

@@ -8,7 +8,6 @@ length; the tail shorter than a block is dropped and counted. One epoch visits e
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ from analysis.errors import PipelineError
 from analysis.lm.models import FileTokenizer, load_encoding_tokenizer
 from analysis.lm.tokenize import MAX_PIECE_CHARS, PieceEncoder, PieceTooLong, lm_lines, pieces, tokenize_stream
 from analysis.lm.tokens import TokenStreams, TokenWriter, stem_of, token_dtype
+from analysis.runner import restores_job_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ def epoch_order(n_blocks: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_blocks)
 
 
+def _rayon_threads(arguments: dict) -> dict:
+    """The tokenizers library sizes its (Rayon) thread pool once, on first use."""
+    return {"RAYON_NUM_THREADS": str(arguments["threads"])} if arguments["threads"] else {}
+
+
+@restores_job_settings(torch_threads=False, env=_rayon_threads)
 def tokenize_domain(
     *, model_name: str, m2d2_root: str, domain: str, policy: str, output: str | Path, metadata: str | Path,
     max_invalid_fraction: float = 0.01, threads: int | None = None, piece_chars: int = 1 << 18,
@@ -64,8 +70,6 @@ def tokenize_domain(
     so memory does not grow with the domain. A stretch of more than ``max_piece_chars`` characters
     that cannot be cut stops the job (``PieceTooLong``, naming the split's file) before it is tokenised.
     """
-    if threads:  # the tokenizers library sizes its (Rayon) thread pool once, on first use
-        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     stem = stem_of(output)
     if Path(metadata) != stem.with_name(stem.name + ".json"):
         raise PipelineError(f"token metadata {metadata} must sit beside {output} as <stem>.json")

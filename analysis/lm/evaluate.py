@@ -29,6 +29,7 @@ from analysis.errors import PipelineError
 from analysis.io import atomic_path, derive_seed, write_json
 from analysis.lm.data import load_split
 from analysis.lm.models import apply_delta, load_causal_lm
+from analysis.runner import restores_job_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _window(model, requested: int | None, context_length: int, stride: int | Non
     return window, stride
 
 
+@restores_job_settings()
 def evaluate(
     *,
     model_key: str,
@@ -107,7 +109,6 @@ def evaluate(
     from analysis.lm.train import resolve_precision
 
     start = time.perf_counter()
-    torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(model_spec["dtype"], device)
     model = load_model(model_spec, weights, precision).to(device)

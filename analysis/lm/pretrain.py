@@ -21,6 +21,7 @@ import numpy as np
 from analysis.corpora.sources import ReadStats, iter_corpus
 from analysis.io import atomic_dir, derive_seed, write_json
 from analysis.lm.data import epoch_order, pack_blocks, tokenize_documents
+from analysis.runner import restores_job_settings
 
 # tokenizers, transformers and torch (with analysis.lm.train, which imports torch at its top) are
 # imported inside the functions that use them: importing this module costs none of their start-up.
@@ -42,6 +43,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
                                    unk_token=EOS, model_max_length=None)
 
 
+@restores_job_settings()
 def pretrain_base(
     *,
     corpus_spec: Mapping,
@@ -58,7 +60,6 @@ def pretrain_base(
 
     from analysis.lm.train import TrainSettings, train
 
-    torch.set_num_threads(threads)
     start = time.perf_counter()
     texts = [t for t in iter_corpus(corpus_spec, ReadStats()) if t.strip()]
     rng = np.random.default_rng(derive_seed(seed, "pretrain", "heldout"))

@@ -145,16 +145,15 @@ def curve_steps(total_steps: int, points: int) -> list[int]:
     return sorted({round(i * total_steps / (points - 1)) for i in range(points)})
 
 
-def init_distributed() -> tuple[int, int]:
-    """Single-process defaults for the variables the deepspeed launcher would set; (rank, world)."""
+def distributed_defaults() -> dict[str, str]:
+    """Single-process values of the variables the deepspeed launcher would set (those it did set are
+    kept: ``job_settings`` sets defaults only)."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
         with socket.socket() as s:  # a free port, so parallel jobs on one node do not collide
             s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            defaults["MASTER_PORT"] = str(s.getsockname()[1])
+    return defaults
 
 
 def skip_shm_comm_op(world: int) -> bool:
@@ -253,13 +252,23 @@ def train(
 
     ``eval_sets`` maps a name to blocks scored at every curve point (``<name>_loss`` columns).
     Returns ``{"curves": [...], "steps", "tokens_trained", "blocks_dropped", "train_seconds",
-    "eval_seconds", "memory": {...}, "deepspeed_config": {...}}``.
+    "eval_seconds", "memory": {...}, "deepspeed_config": {...}}``. Outside the deepspeed launcher
+    the process runs as rank 0 of 1 (``distributed_defaults``), and the variables are unset again
+    afterwards.
     """
+    with job_settings(env=distributed_defaults()):
+        return _train(model, blocks, order, eval_sets, settings, checkpoint_dir=checkpoint_dir,
+                      fingerprint=fingerprint, output_config=output_config, stop_after=stop_after, progress=progress)
+
+
+def _train(model, blocks, order, eval_sets, settings, *, checkpoint_dir, fingerprint, output_config, stop_after,
+           progress) -> dict:
+    """``train`` with the distributed variables set (a process group, once made, stays for the process)."""
     # DeepSpeed is imported where it runs: its import costs about a second and probes the C
     # toolchain, which the jobs and tools that only read this module's settings should not pay.
     import deepspeed
 
-    rank, world = init_distributed()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     skip_shm_comm_op(world)
     checkpoint_dir = Path(checkpoint_dir)
     per_step = settings.micro_batch_size * settings.gradient_accumulation_steps * world

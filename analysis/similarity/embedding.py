@@ -33,6 +33,7 @@ import numpy as np
 
 from analysis.errors import PipelineError
 from analysis.io import atomic_path, sha256_file, write_json
+from analysis.runner import restores_job_settings
 
 # torch, sentence-transformers (with the transformers, scikit-learn and scipy it imports: 6 s),
 # pyarrow and the model package are imported inside the functions that use them: the resources
@@ -459,6 +460,14 @@ class EmbeddingState:
         self._clear()
 
 
+def _tokenizer_threads(arguments: dict) -> dict:
+    """Rust-side parallel tokenisation when the job has several cores (nothing here forks after it)."""
+    threads = arguments["threads"]
+    return {"TOKENIZERS_PARALLELISM": "true" if threads and threads > 1 else "false",
+            **({"RAYON_NUM_THREADS": str(threads)} if threads else {})}
+
+
+@restores_job_settings(env=_tokenizer_threads)
 def embed_sample(
     *,
     parquet: str | Path,
@@ -484,12 +493,6 @@ def embed_sample(
     import torch
     from tqdm import tqdm
 
-    if threads:
-        torch.set_num_threads(threads)
-    # Rust-side parallel tokenisation when the job has several cores (nothing here forks after it).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true" if threads and threads > 1 else "false")
-    if threads:
-        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     if unit_texts < 1:
         raise PipelineError(f"similarity.unit_texts must be positive, not {unit_texts}")
     try:
