@@ -1,6 +1,7 @@
 """Which result tables two demo runs share byte for byte, and where the others differ.
 
     .venv/bin/python benchmarks/compare_tables.py OLD/results NEW/results
+    .venv/bin/python benchmarks/compare_tables.py --smoke     # two small made-up runs (make test)
 
 Every ``.tsv`` and ``.md`` under a ``tables`` folder of OLD is compared with its twin in NEW. For a
 ``.tsv`` that differs, the columns that differ are listed, with the largest absolute difference of
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -37,33 +39,61 @@ def compare_tsv(a: Path, b: Path) -> list[str]:
             continue
         old, new = pd.to_numeric(x[column], errors="coerce"), pd.to_numeric(y[column], errors="coerce")
         if old.notna().all() and new.notna().all():
-            lines.append(f"    {column}: max |old - new| {(old - new).abs().max():.6g}")
+            lines.append(f"    {column}: largest abs(old - new) {(old - new).abs().max():.6g}")
         else:
             changed = x[column] != y[column]
             lines.append(f"    {column}: {x[column][changed].head(2).tolist()} -> {y[column][changed].head(2).tolist()}")
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("old", type=Path)
-    parser.add_argument("new", type=Path)
-    args = parser.parse_args()
-    old, new = tables(args.old), tables(args.new)
-    same = 0
-    for rel in sorted(old & new):
-        a, b = args.old / rel, args.new / rel
+def compare(old_root: Path, new_root: Path) -> None:
+    """One Markdown table: each table of either run, whether it is identical, and how it differs."""
+    old, new = tables(old_root), tables(new_root)
+    rows, same = [], 0
+    for rel in sorted(old | new):
+        if rel not in new or rel not in old:
+            rows.append((rel, f"only in {old_root if rel in old else new_root}", ""))
+            continue
+        a, b = old_root / rel, new_root / rel
         if filecmp.cmp(a, b, shallow=False):
             same += 1
+            rows.append((rel, "identical", ""))
         elif rel.suffix == ".tsv":
-            print(f"differs: {rel}", *compare_tsv(a, b), sep="\n")
+            rows.append((rel, "differs", "; ".join(line.strip() for line in compare_tsv(a, b))))
         else:
-            print(f"differs: {rel} (markdown; see its .tsv)")
-    for rel in sorted(old - new):
-        print(f"only in {args.old}: {rel}")
-    for rel in sorted(new - old):
-        print(f"only in {args.new}: {rel}")
-    print(f"{same} of {len(old & new)} shared tables identical")
+            rows.append((rel, "differs", "markdown; see its .tsv"))
+    print("| table | status | how |")
+    print("| --- | --- | --- |")
+    for rel, status, how in rows:
+        print(f"| {rel} | {status} | {how} |")
+    print(f"\n{same} of {len(old & new)} shared tables identical")
+
+
+def smoke(root: Path) -> None:
+    """Two small runs: one table identical, one with a changed number and seconds, one in each only."""
+    for run, (value, seconds) in {"old": (1.0, 3.2), "new": (1.5, 4.1)}.items():
+        directory = root / run / "results" / "tables"
+        directory.mkdir(parents=True)
+        pd.DataFrame({"domain": ["a", "b"], "ppl": [10.0, 12.0]}).to_csv(directory / "same.tsv", sep="\t", index=False)
+        pd.DataFrame({"domain": ["a"], "ppl": [value], "train_seconds": [seconds]}).to_csv(
+            directory / "moved.tsv", sep="\t", index=False)
+        (directory / f"{run}_only.md").write_text("| x |\n| --- |\n| 1 |\n")
+    compare(root / "old" / "results", root / "new" / "results")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", type=Path, nargs="?")
+    parser.add_argument("new", type=Path, nargs="?")
+    parser.add_argument("--smoke", action="store_true", help="compare two small made-up runs")
+    args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            smoke(Path(tmp))
+        return
+    if args.old is None or args.new is None:
+        parser.error("give OLD and NEW results directories (or --smoke)")
+    compare(args.old, args.new)
 
 
 if __name__ == "__main__":

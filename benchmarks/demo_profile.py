@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/demo_profile.py --run [--workdir DIR]   # run the demo, then profile it
     .venv/bin/python benchmarks/demo_profile.py --log .snakemake/log/<run>.snakemake.log
+    .venv/bin/python benchmarks/demo_profile.py --smoke --log LOG   # one interpreter per measurement, imports
+                                                                    # of two rules' scripts (make test)
 
 * Per job, wall time from Snakemake's log (each job's start and finish lines, to the second; this
   covers every rule, with or without a benchmark file) and, where the rule writes one, the seconds
@@ -178,7 +180,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where --run runs (default: a temporary directory)")
     parser.add_argument("--log", type=Path, help="a Snakemake log to profile (default: the run's)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh interpreters per import measurement")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --log: one interpreter per measurement, script imports of two rules only")
     args = parser.parse_args()
+    if args.smoke:
+        if args.run or args.log is None:
+            parser.error("--smoke profiles a given --log (make test gives it the tests' demo run)")
+        args.repeats = 1
     if args.run:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="demo_profile_"))
         args.log = run_demo(workdir)
@@ -205,8 +213,9 @@ def main() -> None:
           "| start-up + imports, share of the mean |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
+    measured_scripts = [rule for rule in by_rule if rule in scripts][:2] if args.smoke else list(scripts)
     for rule, seen in by_rule.items():
-        script = scripts.get(rule)
+        script = scripts.get(rule) if rule in measured_scripts else None
         top = import_seconds(top_level_imports(script), args.repeats) if script else 0.0
         logged = statistics.fmean(seen["imports"]) if seen["imports"] else 0.0
         walls = seen["wall"]

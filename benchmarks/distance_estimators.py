@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/distance_estimators.py coverage  [--sizes 3000,10000] [--draws 200]
     .venv/bin/python benchmarks/distance_estimators.py spread    [--sizes 1000,3000,10000] [--draws 25]
     .venv/bin/python benchmarks/distance_estimators.py cost      [--dims 384,768] [--baseline 16c12a1]
+    .venv/bin/python benchmarks/distance_estimators.py --smoke   # every part at d = 16, a few draws; cost
+                                                                 # against HEAD (make test)
 
 The sets are Gaussians in d dimensions whose distances are known in closed form: the corpus
 N(0, diag(a)), the domain N(mu, diag(b)), with a decaying spectrum a_i ~ i^-0.8 scaled to trace 1 (like
@@ -266,7 +268,7 @@ def cost(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["drift", "coverage", "spread", "cost"])
+    parser.add_argument("part", choices=["drift", "coverage", "spread", "cost"], nargs="?")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--corpus", type=int, default=None, help="corpus texts (drift 100,000, else 50,000)")
     parser.add_argument("--sizes", default=None, help="domain sizes, comma-separated")
@@ -278,14 +280,27 @@ def main() -> None:
     parser.add_argument("--baseline", default="16c12a1", help="the code before these estimators")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tmp", default=None, help="directory for the cost part's files (default: a temp dir)")
+    parser.add_argument("--smoke", action="store_true", help="every part on tiny sets (d = 16)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # not the notes on singular covariances or small domains
+    if args.smoke:
+        smoke = {"dim": 16, "corpus": 3000, "draws": 2, "resamples": 5, "dims": [16], "corpus_rows": 3000,
+                 "domain_rows": 400, "baseline": "HEAD", "repeats": 1}
+        for part, sizes in (("drift", [100, 400]), ("coverage", [400]), ("spread", [400]), ("cost", [0])):
+            print(f"\n### {part}\n")
+            PARTS[part](argparse.Namespace(**{**vars(args), **smoke, "part": part, "sizes": sizes}))
+        return
+    if args.part is None:
+        parser.error("name a part (drift, coverage, spread, cost) or give --smoke")
     sizes = {"drift": "100,300,1000,3000,10000,50000", "coverage": "3000,10000", "spread": "1000,3000,10000"}
     args.sizes = [int(s) for s in (args.sizes or sizes.get(args.part, "0")).split(",")]
     args.draws = args.draws or {"drift": 4, "coverage": 200, "spread": 25}.get(args.part, 1)
     args.corpus = args.corpus or (100_000 if args.part == "drift" else 50_000)
     args.dims = [int(d) for d in args.dims.split(",")]
-    {"drift": drift, "coverage": coverage, "spread": spread, "cost": cost}[args.part](args)
+    PARTS[args.part](args)
+
+
+PARTS = {"drift": drift, "coverage": coverage, "spread": spread, "cost": cost}
 
 
 if __name__ == "__main__":

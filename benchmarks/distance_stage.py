@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/distance_stage.py [--rows 930000] [--dim 384] [--domains 5]
                                                    [--threads 1] [--resamples 200] [--check-old]
+    .venv/bin/python benchmarks/distance_stage.py --smoke     # tiny corpus and domains (make test)
 
 A synthetic corpus of --rows x --dim float32 embeddings (l2-normalised rows with a decaying
 spectrum, like SBERT's) is written in chunks into a memory-mapped .npy in a temporary directory
@@ -157,11 +158,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--check-old", action="store_true", help="also run one pair the old way")
     parser.add_argument("--tmp", default=None, help="directory for the synthetic files (default: a temp dir)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="5,000 x 32 corpus, two domains of 300 and 600 rows, 20 resamples, --check-old")
     parser.add_argument("--child-statistics", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--statistics", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # not the jobs' notes on singular domain covariances
+    if args.smoke:
+        args.rows, args.dim, args.domains, args.min_domain, args.max_domain = 5000, 32, 2, 300, 600
+        args.blocks, args.resamples, args.chunk_rows, args.check_old = 20, 20, 1024, True
     if args.child_statistics:
         child_statistics(args)
         return

@@ -1,6 +1,7 @@
 """Training memory of TinyTL's transfer modes and of sparse schemes; search and step wall time.
 
     .venv/bin/python benchmarks/edge_memory.py [--shapes demo mobilenetv2-128] [--results results]
+    .venv/bin/python benchmarks/edge_memory.py --smoke   # the demo shape, one budget, one run each (make test)
 
 1. For each net shape (random weights: memory depends on shapes, not values) and each mode, at
    batch sizes 1 and 8: extra memory (gradients + SGD momentum + activations saved for backward, by
@@ -21,6 +22,7 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,9 +91,9 @@ def sparse_table(results: Path) -> None:
               f"{m8['training_bytes'] / KIB:,.1f} | {f8['training_bytes'] / m8['training_bytes']:.2f} |")
 
 
-def search_time(results: Path) -> None:
+def search_time(results: Path, budgets=(64, 128, 256), repeats: int = 3, **search_settings) -> None:
     net = net_of("demo")
-    settings = settings_from(SparseSettings, batch_size=8)
+    settings = settings_from(SparseSettings, batch_size=8, **search_settings)
     path = results / "edge/sparse/contributions.json"
     if path.exists():
         blob, origin = json.loads(path.read_text()), str(path)
@@ -105,12 +107,12 @@ def search_time(results: Path) -> None:
         origin = "seeded random gains"
     units = len(blob["weight"]) + len(blob["bias"]) - 1
     print(f"\n## Evolutionary search wall time (demo net, {units} units from {origin}; population "
-          f"{settings.population}, {settings.generations} generations), median of 3\n")
+          f"{settings.population}, {settings.generations} generations), median of {repeats}\n")
     print("| budget KiB | seconds | schemes measured | extra KiB of the scheme |")
     print("|---|---|---|---|")
-    for budget in (64, 128, 256):
+    for budget in budgets:
         times, found = [], None
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             found = search(net, blob, budget * KIB, CLASSES, SHAPES["demo"]["image"], settings)
             times.append(time.perf_counter() - start)
@@ -118,16 +120,17 @@ def search_time(results: Path) -> None:
         print(f"| {budget} | {statistics.median(times):.2f} | {measured} | {found['memory_bytes'] / KIB:.1f} |")
 
 
-def step_time() -> None:
-    print("\n## One training step, demo net, batch 16, 1 thread (ms; median of 5, frugal and stock interleaved)\n")
+def step_time(modes=("full", "bias", "lite_residual"), repeats: int = 5) -> None:
+    print(f"\n## One training step, demo net, batch 16, 1 thread (ms; median of {repeats}, frugal and stock "
+          "interleaved)\n")
     print("| mode | frugal layers | stock PyTorch | frugal / stock |")
     print("|---|---|---|---|")
     torch.set_num_threads(1)
     x, y = torch.rand(16, 1, 32, 32), torch.randint(0, CLASSES, (16,))
-    for mode in ("full", "bias", "lite_residual"):
+    for mode in modes:
         nets = {frugal: apply_mode(net_of("demo", frugal), mode, CLASSES).train() for frugal in (True, False)}
         times = {True: [], False: []}
-        for _ in range(5):
+        for _ in range(repeats):
             for frugal, net in nets.items():
                 for _ in range(2):  # warm-up
                     F.cross_entropy(net(x), y).backward()
@@ -143,7 +146,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--smoke", action="store_true", help="demo shape, one budget and mode, one run each")
     args = parser.parse_args()
+    if args.smoke:
+        mode_table("demo")
+        with tempfile.TemporaryDirectory() as tmp:
+            sparse_table(Path(tmp))  # no pipeline results: the note, then seeded gains for the search
+            search_time(Path(tmp), budgets=(64,), repeats=1, population=4, generations=2)
+        step_time(modes=("bias",), repeats=1)
+        return
     for shape in args.shapes:
         mode_table(shape)
     sparse_table(args.results)

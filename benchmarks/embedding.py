@@ -1,6 +1,7 @@
 """Embedding throughput: analysis.similarity.embed_texts against plain SentenceTransformer.encode.
 
     .venv/bin/python benchmarks/embedding.py [--texts 1200] [--repeats 3] [--tokens-per-batch 2048 4096]
+    .venv/bin/python benchmarks/embedding.py --smoke   # 40 texts of the demo generator, one run (make test)
 
 Same texts, same model, same threads; runs are interleaved (encode, ours, encode, ours, ...) so that
 machine noise hits both, and medians are reported. Also measures this CPU's fp32 matmul FLOP/s and
@@ -55,23 +56,32 @@ def main() -> None:
     parser.add_argument("--tokens-per-batch", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--parquet", nargs="*", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="40 texts of the demo generator, one run")
     args = parser.parse_args()
 
-    files = args.parquet or sorted(glob.glob("results/samples/sources/*.parquet")) + sorted(
-        glob.glob("results/samples/domains/*.parquet")
-    )
-    texts: list[str] = []
-    for path in files:
-        texts += pq.read_table(path, columns=["text"]).column("text").to_pylist()
-    texts = texts[:: max(1, len(texts) // args.texts)][: args.texts]
+    if args.smoke:
+        from analysis.corpora.demo import source_corpus_lines
+
+        texts = [line for line in source_corpus_lines(20, 1) if line.strip()][:40]
+        args.repeats, args.tokens_per_batch = 1, [2048]
+    else:
+        files = args.parquet or sorted(glob.glob("results/samples/sources/*.parquet")) + sorted(
+            glob.glob("results/samples/domains/*.parquet")
+        )
+        texts = []
+        for path in files:
+            texts += pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        texts = texts[:: max(1, len(texts) // args.texts)][: args.texts]
+        if not texts:
+            parser.error("no texts: run `make run` first (results/samples/*/*.parquet), or give --parquet")
     model = load_model("all-MiniLM-L6-v2", device=args.device)
     tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
     lengths = np.array([len(t) for t in tokens])
     flops = forward_flops(model[0].auto_model.config, lengths)
-    peak = matmul_flops() if args.device == "cpu" else float("nan")
+    peak = matmul_flops(seconds=0.3 if args.smoke else 3.0) if args.device == "cpu" else float("nan")
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {len(texts)} texts, "
           f"{lengths.sum()} tokens (mean {lengths.mean():.0f}, max {lengths.max()}), "
-          f"forward {flops / 1e9:.1f} GFLOP; matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"forward {flops / 1e9:.1f} GFLOP; matmul peak {peak / 1e9:.1f} GFLOP/s\n")
 
     timings: dict[str, list[float]] = {"encode (default)": []}
     timings.update({f"embed_texts {b}": [] for b in args.tokens_per_batch})
@@ -86,12 +96,13 @@ def main() -> None:
             assert np.abs(ours - reference).max() < 1e-5
 
     base = statistics.median(timings["encode (default)"])
-    print(f"{'method':22} {'median_s':>9} {'texts/s':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'of_peak':>8} {'speedup':>8}")
+    print("| method | median s | texts/s | tokens/s | GFLOP/s | of peak | speed-up |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, values in timings.items():
         t = statistics.median(values)
-        print(f"{name:22} {t:9.2f} {len(texts) / t:8.1f} {lengths.sum() / t:9.0f} {flops / t / 1e9:8.1f} "
-              f"{flops / t / peak:8.1%} {base / t:8.2f}")
-    print("max |ours - encode| < 1e-5 on every run")
+        print(f"| {name} | {t:.2f} | {len(texts) / t:.1f} | {lengths.sum() / t:.0f} | {flops / t / 1e9:.1f} | "
+              f"{flops / t / peak:.1%} | {base / t:.2f} |")
+    print("\nlargest abs(ours - encode) < 1e-5 on every run")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Fréchet distance: analysis.similarity.frechet_distance against the scipy.linalg.sqrtm approach.
 
     .venv/bin/python benchmarks/frechet.py [--n 50000] [--dims 384 768] [--repeats 5]
+    .venv/bin/python benchmarks/frechet.py --smoke   # n = 2,000, d = 32, one run, no pauses (make test)
 
 For each dimension d, two sets of n l2-normalised embedding-like vectors are drawn (a random
 anisotropic Gaussian with a decaying spectrum, normalised to the unit sphere, like SBERT outputs),
@@ -58,7 +59,10 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 768])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pause", type=float, default=1.0, help="idle seconds before each timed call")
+    parser.add_argument("--smoke", action="store_true", help="n = 2,000, d = 32, one run, no pauses")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.dims, args.repeats, args.pause = 2000, [32], 1, 0.0
     rng = np.random.default_rng(0)
     print(f"n = {args.n} per set, {args.repeats} interleaved repeats, medians, {args.pause} s pauses")
     print("| d | moments (s, per set) | sqrtm FD (s) | ours FD (s) | speed-up | FD | relative diff |")

@@ -1,6 +1,7 @@
 """Bytes saved for backward per adaptation mode, by kind of operation.
 
     .venv/bin/python benchmarks/memory.py [--models demo gpt2-small] [--batch 1]
+    .venv/bin/python benchmarks/memory.py --smoke   # a 2-block GPT-2 of 64 tokens, both losses (make test)
 
 For each model shape (random weights from a config: the numbers depend on shapes, not on values)
 and each mode, one forward pass of ``batch`` blocks of the model's context length runs under
@@ -28,6 +29,8 @@ SHAPES = {
     "demo": dict(n_layer=4, n_embd=128, n_head=4, vocab_size=4096, n_positions=128),
     # GPT-2 small (124M): the smallest model of the paper.
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+    # --smoke: seconds, every mode and kind of saved tensor.
+    "smoke": dict(n_layer=2, n_embd=32, n_head=2, vocab_size=256, n_positions=64),
 }
 OPTIONS = {
     "last": {"blocks": 1},
@@ -55,20 +58,20 @@ def measure(shape: dict, mode: str, batch: int, loss: str) -> tuple[dict, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=list(SHAPES))
+    parser.add_argument("--models", nargs="+", default=["demo", "gpt2-small"], choices=list(SHAPES))
+    parser.add_argument("--smoke", action="store_true", help="the smoke shape only")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--loss", nargs="+", default=["model", "chunked"],
                         help="model: HF's loss (keeps the logits); chunked: analysis.lm.loss (what train uses)")
     args = parser.parse_args()
+    if args.smoke:
+        args.models = ["smoke"]
     torch.set_num_threads(2)
     for name, loss in [(m, l) for m in args.models for l in args.loss]:
         shape = SHAPES[name]
         print(f"\n## {name}, {loss} loss: {shape}, batch {args.batch} x {shape['n_positions']} tokens\n")
-        short = {"linear inputs": "linear", "attention": "attn", "activation functions": "act",
-                 "normalisation": "norm", "embedding": "emb", "dropout masks": "dropout", "loss/head": "loss",
-                 "other": "other"}
-        print("| mode | saved MiB | full / mode | " + " | ".join(short[k] for k in KINDS)
-              + " | params+grad+Adam MiB |")
+        # One column per kind the meter knows (analysis.selection.memory.KINDS), named as it names them.
+        print("| mode | saved MiB | full / mode | " + " | ".join(KINDS) + " | params+grad+Adam MiB |")
         print("|---|---|---|" + "---|" * len(KINDS) + "---|")
         full = None
         for mode in MODES:

@@ -35,6 +35,8 @@ SHAPES = {
                         "n_positions": 128}, "context": 128, "micro_batch": 8},
     "gpt2": {"config": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
                         "n_positions": 1024}, "context": 1024, "micro_batch": 1},
+    "smoke": {"config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 256,
+                         "n_positions": 32}, "context": 32, "micro_batch": 2},
 }
 SETTINGS = [
     {"zero_stage": 0}, {"zero_stage": 2}, {"zero_stage": 3}, {"zero_stage": 0, "gradient_checkpointing": True},
@@ -74,10 +76,15 @@ def child(model_dir: str, setting: dict, context: int, micro_batch: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["demo", "gpt2"], choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="the smoke shape, ZeRO-0 and ZeRO-2 + offload, 2 steps")
     args = parser.parse_args()
+    settings = SETTINGS
+    if args.smoke:
+        args.shapes, args.steps = ["smoke"], 2
+        settings = [{"zero_stage": 0}, {"zero_stage": 2, "offload_optimizer": True}]
     if args.child:
         spec = json.loads(args.child)
         child(spec["model_dir"], spec["setting"], spec["context"], spec["micro_batch"], args.steps)
@@ -97,7 +104,7 @@ def main() -> None:
             AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
             shape = plan.model_shape(str(model_dir))
             target = plan.Target(device="cpu")
-            for setting in SETTINGS:
+            for setting in settings:
                 payload = json.dumps({"model_dir": str(model_dir), "setting": setting,
                                       "context": shape_spec["context"], "micro_batch": shape_spec["micro_batch"]})
                 out = subprocess.run([sys.executable, __file__, "--child", payload, "--steps", str(args.steps)],

@@ -1,6 +1,7 @@
 """Perplexity throughput: analysis.lm.perplexity against the Hugging Face docs' strided loop.
 
     .venv/bin/python benchmarks/perplexity.py [--tokens 60000] [--stride 64] [--repeats 3]
+    .venv/bin/python benchmarks/perplexity.py --smoke   # a random 1-block GPT-2, 2,000 random ids (make test)
 
 Model and text: the demo base model and a demo domain's test + valid token streams (run `make run`
 first). The reference is a straightforward implementation of the docs' loop (one window per forward
@@ -53,12 +54,21 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a random 1-block GPT-2 and 2,000 random ids, one run")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model = load_causal_lm(args.model)
+    if args.smoke:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256, n_positions=args.window))
+        prefix, args.repeats = 0, 1
+        stream = np.random.default_rng(0).integers(0, 256, 2000)
+    else:
+        model = load_causal_lm(args.model)
+        prefix = load_tokenizer(args.model).eos_token_id
+        stream = np.concatenate([load_split(args.tokens_file, s) for s in ("test", "valid", "train")])[: args.tokens]
     model.eval()
-    prefix = load_tokenizer(args.model).eos_token_id
-    stream = np.concatenate([load_split(args.tokens_file, s) for s in ("test", "valid", "train")])[: args.tokens]
     times: dict[str, list[float]] = {"docs loop": [], "ours": []}
     values = {}
     for _ in range(args.repeats):
@@ -69,13 +79,18 @@ def main() -> None:
         nll = token_nll(model, stream, prefix, window=args.window, stride=args.stride, batch_size=args.batch_size)
         values["ours"] = math.exp(nll.mean())
         times["ours"].append(time.perf_counter() - start)
-    print(f"{len(stream)} tokens, window {args.window}, stride {args.stride}, batch {args.batch_size}, 2 threads")
+    print(f"{len(stream)} tokens, window {args.window}, stride {args.stride}, batch {args.batch_size}, 2 threads, "
+          f"median of {args.repeats}\n")
+    print("| method | seconds | tokens/s | perplexity |")
+    print("| --- | ---: | ---: | ---: |")
     for name in times:
         t = statistics.median(times[name])
-        print(f"{name:10s} {t:7.2f} s  {len(stream) / t:9.0f} tokens/s  perplexity {values[name]:.6f}")
+        print(f"| {name} | {t:.2f} | {len(stream) / t:.0f} | {values[name]:.6f} |")
     ratio = statistics.median(times["docs loop"]) / statistics.median(times["ours"])
     rel = abs(values["ours"] - values["docs loop"]) / values["docs loop"]
-    print(f"speed-up {ratio:.2f}x, relative perplexity difference {rel:.1e}")
+    print(f"\nspeed-up {ratio:.2f}x, relative perplexity difference {rel:.1e}")
+    if rel > 1e-4:
+        raise SystemExit(f"the two loops disagree: relative perplexity difference {rel:.1e}")
 
 
 if __name__ == "__main__":

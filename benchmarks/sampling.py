@@ -1,6 +1,7 @@
 """Benchmark the sampling stage: wall time and peak memory against input size.
 
     .venv/bin/python benchmarks/sampling.py [--mb 150] [--workdir /tmp/bench-sampling]
+    .venv/bin/python benchmarks/sampling.py --smoke   # 0.5 MB inputs in a temporary directory (make test)
 
 Writes a synthetic M2D2 domain (directory and .tar.gz form) and a jsonl source corpus of about
 ``--mb`` MB each, then runs sample_domain and sample_source, each in a fresh interpreter, and prints
@@ -17,15 +18,16 @@ import random
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 CHILD = """
 import json, sys, time
 from analysis.corpora.sampling import sample_domain, sample_source
-kind, root, out = sys.argv[1], sys.argv[2], sys.argv[3]
+kind, root, out, n_texts = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 start = time.perf_counter()
 if kind == "source":
-    spec = {"format": "jsonl", "path": root, "text_field": "text", "n_texts": 50000}
+    spec = {"format": "jsonl", "path": root, "text_field": "text", "n_texts": n_texts}
     record = sample_source(name="bench", spec=spec, base_seed=1, output=out + ".parquet", provenance=out + ".json", progress=False)
 else:
     record = sample_domain(root=root, domain=kind, splits=["train"], document_policy="line", fraction=0.05,
@@ -71,23 +73,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, default=150)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-sampling"))
+    parser.add_argument("--smoke", action="store_true", help="0.5 MB inputs in a temporary directory")
     args = parser.parse_args()
-    inputs = write_inputs(args.workdir, args.mb)
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            measure(Path(tmp), 0.5, source_texts=500)
+        return
+    measure(args.workdir, args.mb)
+
+
+def measure(workdir: Path, megabytes: float, source_texts: int = 50000) -> None:
+    inputs = write_inputs(workdir, megabytes)
     sizes = {
         "cs.LG": (inputs["cs.LG"] / "cs.LG" / "train.txt").stat().st_size,
         "cs.CL": (inputs["cs.CL"] / "cs.CL.tar.gz").stat().st_size,
         "source": inputs["source"].stat().st_size,
     }
-    print(f"{'case':28} {'input_MB':>9} {'texts':>9} {'sampled':>8} {'wall_s':>7} {'peak_MiB':>9} {'MiB/input_MB':>13}")
+    print("| case | input MB | texts | sampled | wall s | peak MiB | MiB per input MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind, label in [("cs.LG", "domain (directory)"), ("cs.CL", "domain (tar.gz archive)"), ("source", "source (jsonl, reservoir)")]:
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, kind, str(inputs[kind]), str(args.workdir / f"out-{kind}")],
-            capture_output=True, text=True, check=True,
+            [sys.executable, "-c", CHILD, kind, str(inputs[kind]), str(workdir / f"out-{kind}"), str(source_texts)],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         mb = sizes[kind] / 1e6
-        print(f"{label:28} {mb:9.1f} {r['n_available']:9d} {r['n_sampled']:8d} {r['wall_s']:7.2f} "
-              f"{r['peak_rss_mib']:9.0f} {r['peak_rss_mib'] / mb:13.2f}")
+        print(f"| {label} | {mb:.1f} | {r['n_available']} | {r['n_sampled']} | {r['wall_s']:.2f} | "
+              f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / mb:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Training throughput: the DeepSpeed path (analysis.lm.train.train) against a plain PyTorch loop.
 
     .venv/bin/python benchmarks/training.py [--steps 60] [--repeats 3] [--mode full] [--zero-stages 2]
+    .venv/bin/python benchmarks/training.py --adam-parameters 100000000
+    .venv/bin/python benchmarks/training.py --smoke   # 3 steps of 2 blocks, one run; AdamW over 1 M (make test)
 
 Same model (the demo GPT-2 shape, random weights), same blocks in the same order, same AdamW,
 schedule and gradient clipping, each with the model's own loss and with adaptation.loss: chunked
@@ -98,13 +100,23 @@ def main() -> None:
                         help="also time train() under these ZeRO stages (no offload), against ZeRO-0")
     parser.add_argument("--adam-parameters", type=int, default=0,
                         help="only time one AdamW step over this many parameters (CPU Adam and torch)")
+    parser.add_argument("--smoke", action="store_true", help="3 steps of 2 blocks, one run; AdamW over 1 M")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
+    if args.smoke:
+        args.steps, args.repeats, args.micro_batch, args.adam_parameters = 3, 1, 2, 1_000_000
     if args.adam_parameters:
-        for name, rate in adam_rates(args.adam_parameters).items():
-            print(f"{name:24s} {rate / 1e6:8.1f} M parameters/s ({args.adam_parameters / 1e6:.0f} M, 2 threads)")
-        return
+        # Measured before the table is printed: DeepSpeed logs its accelerator on stdout when imported.
+        rates = adam_rates(args.adam_parameters, repeats=1 if args.smoke else 5)
+        print(f"One AdamW step over {args.adam_parameters / 1e6:.0f} M parameters, 2 threads\n")
+        print("| optimizer | M parameters/s |")
+        print("| --- | ---: |")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate / 1e6:.1f} |")
+        if not args.smoke:
+            return
+        print()
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, SHAPE["vocab_size"], (args.steps * args.micro_batch, SHAPE["n_positions"]))
     order = rng.permutation(len(blocks))
@@ -122,9 +134,12 @@ def main() -> None:
         for name, (loop, chunked) in runs.items():
             rates[name].append(loop(blocks, order, settings, args.mode, chunked))
     print(f"demo GPT-2 shape {SHAPE}, mode {args.mode}, {args.steps} steps of {args.micro_batch} x "
-          f"{SHAPE['n_positions']} tokens, {args.repeats} interleaved repeats, CPU threads 2")
+          f"{SHAPE['n_positions']} tokens, {args.repeats} interleaved repeats, CPU threads 2\n")
+    print("| loop | median tokens/s | runs |")
+    print("| --- | ---: | --- |")
     for name, values in rates.items():
-        print(f"{name:32s} median {statistics.median(values):8.0f} tokens/s  ({', '.join(f'{v:.0f}' for v in values)})")
+        print(f"| {name} | {statistics.median(values):.0f} | {', '.join(f'{v:.0f}' for v in values)} |")
+    print()
     median = {name: statistics.median(values) for name, values in rates.items()}
     for loss in ("model", "chunked"):
         print(f"ratio DeepSpeed / plain, {loss} loss: "

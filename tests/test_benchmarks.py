@@ -1,0 +1,116 @@
+"""Every script in benchmarks/ runs in its smoke mode and prints a well-formed Markdown table.
+
+A benchmark that nothing runs breaks silently when the code it measures is renamed or grows a
+field (memory.py and gpu_check.py both did). The smoke modes run the same code on tiny inputs in
+seconds; the full-size runs stay out of `make test`. A new script in benchmarks/ must be added
+here, with its smoke command or a reason it has none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.builders import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+PYTHON = sys.executable
+
+#: The smoke command of each script (run from the repository root).
+SMOKE = {
+    "compare_tables.py": [PYTHON, "benchmarks/compare_tables.py", "--smoke"],
+    "dag_scale.py": [PYTHON, "benchmarks/dag_scale.py", "--smoke"],
+    "data_scale.py": [PYTHON, "benchmarks/data_scale.py", "--smoke"],
+    "distance_estimators.py": [PYTHON, "benchmarks/distance_estimators.py", "--smoke"],
+    "distance_stage.py": [PYTHON, "benchmarks/distance_stage.py", "--smoke"],
+    "edge_memory.py": [PYTHON, "benchmarks/edge_memory.py", "--smoke"],
+    "edge_privacy.py": [PYTHON, "benchmarks/edge_privacy.py", "--smoke"],
+    "embedding.py": [PYTHON, "benchmarks/embedding.py", "--smoke"],
+    "federated_api.py": [PYTHON, "benchmarks/federated_api.py", "--smoke"],
+    "frechet.py": [PYTHON, "benchmarks/frechet.py", "--smoke"],
+    # gpu_check.sh --smoke runs gpu_check.py --smoke (steps 1, 4 and 5 of the script).
+    "gpu_check.sh": ["bash", "benchmarks/gpu_check.sh", "--smoke"],
+    "gpu_wheels.py": [PYTHON, "benchmarks/gpu_wheels.py", "--smoke"],
+    "memory.py": [PYTHON, "benchmarks/memory.py", "--smoke"],
+    "memory_plan.py": [PYTHON, "benchmarks/memory_plan.py", "--smoke"],
+    "perplexity.py": [PYTHON, "benchmarks/perplexity.py", "--smoke"],
+    "sampling.py": [PYTHON, "benchmarks/sampling.py", "--smoke"],
+    "scheduler.sh": ["bash", "benchmarks/scheduler.sh", "--smoke"],
+    "training.py": [PYTHON, "benchmarks/training.py", "--smoke"],
+}
+#: Run by another test of this file, or by none, and why.
+ELSEWHERE = {
+    "demo_profile.py": "profiles a Snakemake log: test_demo_profile_smoke gives it the tests' demo run",
+    "gpu_check.py": "its --smoke runs inside gpu_check.sh --smoke",
+    "install.sh": "times fresh installs from the package registries (minutes, network): never in make test",
+}
+SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+$")
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables in ``text``: runs of lines that start and end with '|', split in cells."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|") and line.rstrip().endswith("|"):
+            current.append(line.rstrip())
+        elif current:
+            tables.append(current)
+            current = []
+    return [[[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+            if len(table) >= 2 and SEPARATOR.match(table[1]) else None for table in tables]
+
+
+def check_tables(name: str, stdout: str) -> None:
+    tables = markdown_tables(stdout)
+    assert tables, f"{name}: no Markdown table on stdout:\n{stdout[-2000:]}"
+    for table in tables:
+        assert table is not None, f"{name}: a table without its separator row:\n{stdout[-2000:]}"
+        header, rows = table[0], table[2:]
+        assert rows, f"{name}: a table with no rows: {header}"
+        for row in rows:
+            assert len(row) == len(header), f"{name}: {len(row)} cells under {len(header)} columns: {row}"
+
+
+def run(name: str, command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    # PYTHON: the shell scripts' interpreter; PYTHONPATH: the benchmarks import the project.
+    env = {**os.environ, "PYTHON": PYTHON, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+           "GPU_CHECK_FREEZE": os.devnull}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"{name} --smoke exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    scripts = {p.name for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh") and p.name != "__init__.py"}
+    assert scripts == set(SMOKE) | set(ELSEWHERE), (
+        f"not covered: {sorted(scripts - set(SMOKE) - set(ELSEWHERE))}; "
+        f"gone: {sorted(set(SMOKE) | set(ELSEWHERE) - scripts)}")
+    for name in SMOKE:
+        assert "--smoke" in (BENCHMARKS / name).read_text(), f"{name} does not document --smoke"
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_benchmark_smoke(name):
+    result = run(name, SMOKE[name])
+    check_tables(name, result.stdout)
+
+
+def test_demo_profile_smoke(demo_run):
+    workdir, _ = demo_run
+    log = max((workdir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    result = run("demo_profile.py", [PYTHON, "benchmarks/demo_profile.py", "--smoke", "--log", str(log)])
+    check_tables("demo_profile.py", result.stdout)
+    assert "Critical path" in result.stdout
+
+
+def test_the_table_check_refuses_broken_tables():
+    good = "| a | b |\n| --- | ---: |\n| 1 | 2 |\n"
+    check_tables("good", "text\n" + good + "\nmore text")
+    for broken in ("no table at all", "| a | b |\n| 1 | 2 |\n", "| a | b |\n| --- | --- |\n",
+                   "| a | b |\n| --- | --- |\n| 1 | 2 | 3 |\n"):
+        with pytest.raises(AssertionError):
+            check_tables("broken", broken)
