@@ -62,9 +62,12 @@ lock: $(STAMP)
 deepspeed-ops: $(STAMP)
 	$(BIN)/python -m analysis build-ops
 
-# Wheels for benchmarks/gpu_check.sh on a GPU machine without network (benchmarks/gpu_wheels.py).
+# Wheels for benchmarks/gpu_check.sh on a GPU machine without network: what the image
+# (benchmarks/gpu_image.txt) lacks for the check, from the lock, for CPython 3.12 on x86-64, into
+# wheels/, and their record benchmarks/gpu_carry.json (commit it; tests/test_gpu_check.py reads it).
+# Runs the check's --smoke to see what it imports (1-2 minutes; the first run also compiles CPU Adam).
 gpu-wheels: $(STAMP)
-	$(BIN)/python benchmarks/gpu_wheels.py wheels
+	$(BIN)/python benchmarks/gpu_wheels.py wheels wheels
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
