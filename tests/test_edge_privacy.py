@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
+import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,9 @@ from analysis import config as config_lib
 from analysis.config import settings_from
 from analysis.edge import leakage
 from analysis.edge.data import ImageSet, load_task
-from analysis.edge.federated import (CLIENT_RECORD, FederatedSettings, federated_averaging, in_client_order,
-                                     local_training, partition)
+from analysis.edge.federated import (CLIENT_RECORD, PINNED_RUN_SIMULATION, RUN_SIMULATION_DEPRECATION,
+                                     FederatedSettings, federated_averaging, in_client_order, local_training,
+                                     partition, pinned_run_simulation)
 from analysis.edge.nets import LeNet
 from analysis.errors import ConfigError, PipelineError
 
@@ -72,11 +77,30 @@ def test_local_training_lowers_the_loss(digits):
     assert last < first
 
 
-def test_flower_fedavg_is_the_example_weighted_mean_of_the_client_updates(digits):
+class FlowerRecords(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_flower_fedavg_is_the_example_weighted_mean_of_the_client_updates(digits, caplog):
     """One round, one full-batch local step: the global model must be the weighted mean we compute."""
     train = ImageSet(digits.train.images[:30], digits.train.labels[:30], digits.train.classes)
     settings = settings_from(FederatedSettings, clients=2, rounds=1, local_steps=1, batch_size=1000, lr=0.1, seed=3, threads=2)
-    result = federated_averaging(train, digits.test, "iid", settings, image_size=16)
+    flower = FlowerRecords()
+    logging.getLogger("flwr").addHandler(flower)
+    try:
+        with caplog.at_level(logging.INFO, logger="analysis.edge.federated"):
+            result = federated_averaging(train, digits.test, "iid", settings, image_size=16)
+    finally:
+        logging.getLogger("flwr").removeHandler(flower)
+    # The pinned call's deprecation warning is dropped (and only it: Flower's round log is there); ours says why.
+    assert not [m for m in flower.messages if RUN_SIMULATION_DEPRECATION in m]
+    assert any("aggregate_train: Received 2 results" in m for m in flower.messages)
+    assert PINNED_RUN_SIMULATION in caplog.messages
     parts = partition(train.labels.numpy(), 2, "iid", seed=3)
     torch.manual_seed(3)
     initial = LeNet(1, 10, 16, activation="relu")
@@ -109,6 +133,46 @@ def test_client_updates_are_summed_in_client_order_whatever_their_arrival():
     arrived = [Reply(3), Reply(), Reply(0), Reply(2), Reply(1)]
     assert [r.client for r in in_client_order(arrived)] == [0, 1, 2, 3, None]
     assert [r.client for r in in_client_order(arrived[::-1])] == [0, 1, 2, 3, None]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_pinned_flower_still_has_run_simulation_as_the_stage_calls_it():
+    """federated_averaging keeps Flower's deprecated run_simulation (measured against `flwr run`: see
+    analysis/edge/federated.py); this fails when the pinned Flower drops it or the arguments we pass."""
+    import flwr
+    from flwr.simulation import run_simulation
+
+    lock = re.search(r"^flwr==(\S+)$", (ROOT / "envs" / "requirements.lock").read_text(), re.M)
+    pin = re.search(r'"flwr\[simulation\]==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert lock and pin and flwr.__version__ == lock.group(1) == pin.group(1)
+    parameters = inspect.signature(run_simulation).parameters
+    assert {"server_app", "client_app", "num_supernodes", "backend_config"} <= set(parameters)
+    assert all(parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY for name in parameters)
+
+
+def test_only_the_run_simulation_deprecation_is_dropped(monkeypatch):
+    """Flower's own warning (not a copy of its text) goes through the filter; any other record passes."""
+    module = importlib.import_module("flwr.simulation.run_simulation")
+    monkeypatch.setattr(module, "_run_simulation", lambda **kwargs: None)  # no Ray
+    monkeypatch.setattr(module, "event", lambda *args, **kwargs: None)  # no telemetry
+    flower = logging.getLogger("flwr")
+    records = FlowerRecords()
+    flower.addHandler(records)
+    try:
+        module.run_simulation(server_app=None, client_app=None, num_supernodes=1)
+        assert [m for m in records.messages if RUN_SIMULATION_DEPRECATION in m], "Flower no longer warns so"
+        records.messages.clear()
+        with pinned_run_simulation():
+            module.run_simulation(server_app=None, client_app=None, num_supernodes=1)
+            flower.warning("DEPRECATED FEATURE: something else")
+        assert records.messages == ["DEPRECATED FEATURE: something else"]
+        records.messages.clear()
+        module.run_simulation(server_app=None, client_app=None, num_supernodes=1)
+        assert records.messages, "the filter outlived the call"
+    finally:
+        flower.removeHandler(records)
 
 
 # --- defenses ------------------------------------------------------------------------------------
