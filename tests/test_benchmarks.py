@@ -22,25 +22,12 @@ PYTHON = sys.executable
 
 #: The smoke command of each script (run from the repository root).
 SMOKE = {
-    "compare_tables.py": [PYTHON, "benchmarks/compare_tables.py", "--smoke"],
-    "dag_scale.py": [PYTHON, "benchmarks/dag_scale.py", "--smoke"],
-    "data_scale.py": [PYTHON, "benchmarks/data_scale.py", "--smoke"],
-    "distance_estimators.py": [PYTHON, "benchmarks/distance_estimators.py", "--smoke"],
-    "distance_stage.py": [PYTHON, "benchmarks/distance_stage.py", "--smoke"],
-    "edge_memory.py": [PYTHON, "benchmarks/edge_memory.py", "--smoke"],
-    "edge_privacy.py": [PYTHON, "benchmarks/edge_privacy.py", "--smoke"],
-    "embedding.py": [PYTHON, "benchmarks/embedding.py", "--smoke"],
-    "federated_api.py": [PYTHON, "benchmarks/federated_api.py", "--smoke"],
-    "frechet.py": [PYTHON, "benchmarks/frechet.py", "--smoke"],
+    **{name: [PYTHON, f"benchmarks/{name}", "--smoke"] for name in (
+        "compare_tables.py", "dag_scale.py", "data_scale.py", "distance_estimators.py", "distance_stage.py",
+        "edge_memory.py", "edge_privacy.py", "embedding.py", "federated_api.py", "frechet.py", "gpu_wheels.py",
+        "memory.py", "memory_plan.py", "perplexity.py", "sampling.py", "training.py")},
     # gpu_check.sh --smoke runs gpu_check.py --smoke (steps 1, 4 and 5 of the script).
-    "gpu_check.sh": ["bash", "benchmarks/gpu_check.sh", "--smoke"],
-    "gpu_wheels.py": [PYTHON, "benchmarks/gpu_wheels.py", "--smoke"],
-    "memory.py": [PYTHON, "benchmarks/memory.py", "--smoke"],
-    "memory_plan.py": [PYTHON, "benchmarks/memory_plan.py", "--smoke"],
-    "perplexity.py": [PYTHON, "benchmarks/perplexity.py", "--smoke"],
-    "sampling.py": [PYTHON, "benchmarks/sampling.py", "--smoke"],
-    "scheduler.sh": ["bash", "benchmarks/scheduler.sh", "--smoke"],
-    "training.py": [PYTHON, "benchmarks/training.py", "--smoke"],
+    **{name: ["bash", f"benchmarks/{name}", "--smoke"] for name in ("gpu_check.sh", "scheduler.sh")},
 }
 #: Run by another test of this file, or by none, and why.
 ELSEWHERE = {
