@@ -52,6 +52,23 @@ def test_search_finds_the_best_scheme_that_fits(budget_mib):
     assert again["scheme"] == result["scheme"]  # seeded
 
 
+def test_a_space_without_bias_units_never_asks_for_one():
+    """A model without biases (LLaMA): n_blocks = 0, and no scheme measured or chosen updates a bias
+    (a bias-only scheme would train nothing there, and building it fails)."""
+    space = SearchSpace(n_blocks=0, layers=SPACE.layers, ratios=SPACE.ratios)
+
+    def weights_only(measure):
+        def call(scheme):
+            assert scheme.n_bias_update == 0, scheme
+            return measure(scheme)
+        return call
+
+    contributions = contribution_analysis(space, weights_only(gain))
+    assert contributions.bias == {0: 0.0}
+    result = evolutionary_search(space, contributions, weights_only(memory), 4 * MIB, seed=1)
+    assert result["scheme"]["n_bias_update"] == 0 and result["scheme"]["weight_update"]
+
+
 def test_budget_below_the_cheapest_scheme_is_named():
     contributions = contribution_analysis(SPACE, gain)
     with pytest.raises(PipelineError, match=r"memory budget 1.00 MiB is below the cheapest sparse scheme"):

@@ -39,7 +39,9 @@ def choose_scheme(base_model, blocks: np.ndarray, order: np.ndarray, eval_blocks
     n_blocks = len(block_modules)
     search_blocks = min(options["search_blocks"], n_blocks)
     layers = [f"{-j}.{name}" for j in range(search_blocks, 0, -1) for name in linear_layers(block_modules[-j])]
-    space = SearchSpace(n_blocks=n_blocks, layers=layers, ratios=list(options["ratios"]))
+    # A model without biases (LLaMA, OLMo) has no bias units to search: its schemes update weights only.
+    has_bias = any(name.endswith("bias") for block in block_modules for name, _ in block.named_parameters())
+    space = SearchSpace(n_blocks=n_blocks if has_bias else 0, layers=layers, ratios=list(options["ratios"]))
     per_step = settings.micro_batch_size * settings.gradient_accumulation_steps
     probe_order = order[: options["contribution_steps"] * per_step]
     probe_settings = dataclasses.replace(settings, curve_points=2, checkpoint_every=10**9)

@@ -42,7 +42,7 @@ class SparseScheme:
 
 @dataclass
 class SearchSpace:
-    n_blocks: int  # the largest n_bias_update
+    n_blocks: int  # the largest n_bias_update (0: the model has no biases)
     layers: Sequence[str]  # weight layers that may be updated
     ratios: Sequence[float]  # update ratios a layer may take (0 = frozen is always allowed)
 
@@ -99,7 +99,8 @@ def evolutionary_search(
             cache[scheme] = memory(scheme)
         return cache[scheme]
 
-    cheapest = min((SparseScheme(1), *[SparseScheme.make(0, {layer: min(space.ratios)}) for layer in space.layers]),
+    bias_units = [SparseScheme(1)] if space.n_blocks else []
+    cheapest = min((*bias_units, *[SparseScheme.make(0, {layer: min(space.ratios)}) for layer in space.layers]),
                    key=cost)
     if cost(cheapest) > budget_bytes:
         scale = MIB if unit == "MiB" else 1024
