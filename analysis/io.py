@@ -97,3 +97,9 @@ def derive_seed(base_seed: int, *names: str) -> int:
     """
     digest = hashlib.sha256(":".join([str(base_seed), *names]).encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def user_cache_dir() -> Path:
+    """Where the pipeline keeps what it may recompute at any time (checks that passed, configs read
+    from GGUF files): ``$XDG_CACHE_HOME/adaptation-odyssey``, ``~/.cache`` by default."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adaptation-odyssey"

@@ -281,3 +281,18 @@ def adapt_resource(config, wildcards, input, key: str, attempt: int = 1) -> int:
                 steps = tokens // (per_step * record["target"]["processes"])
             value = job_resources(record, wildcards.mode, tokens, steps)[key]
     return value * attempt if key == "runtime" else value
+
+
+# Rule convert_gguf holds the dequantized float32 tensors three times (transformers' GGUF model, the
+# plain model they are copied into, the save): SmolLM2-135M (134.5 M parameters) peaked at 1.61 GB
+# (/usr/bin/time, 2 cores), 0.54 GB of weights.
+CONVERT_BASE_MB = 1000
+CONVERT_COPIES = 3
+
+
+def convert_gguf_mem_mb(gguf_path: str | Path) -> int:
+    """mem_mb of converting ``gguf_path`` (its parameter count read from the header)."""
+    from analysis.lm.gguf import read_header
+
+    parameters = read_header(gguf_path).parameters
+    return int(CONVERT_BASE_MB + CONVERT_COPIES * parameters * 4 / MB)

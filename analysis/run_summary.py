@@ -42,12 +42,27 @@ def perplexity_headline(results: Path, config: Mapping) -> str | None:
     table = pd.read_csv(results / "tables/perplexity.tsv", sep="\t")
     train_policy = config.get("adaptation", {}).get("join_policy", "keep")
     table = table[table["train_policy"] == train_policy]
-    parts = []
+    parts, uniform = [], []
     for (model, mode), group in table.groupby(["model", "mode"], sort=False):
         better = int((group["ppl_change"] > 0).sum())
         parts.append(f"{model} {mode}: {group['ppl_change_percent'].mean():+.1f}% "
                      f"({better}/{len(group)} domains better)")
-    return "test perplexity after one epoch, mean change (positive: better): " + "; ".join(parts)
+    capped = table["max_train_tokens"].dropna() if "max_train_tokens" in table else pd.Series(dtype=float)
+    training = (f"at most {int(capped.max()):,} train tokens per run (not one epoch)" if len(capped)
+                else "one epoch")
+    text = f"test perplexity after {training}, mean change (positive: better): " + "; ".join(parts)
+    if "vocab_size" in table:
+        for model, group in table.drop_duplicates(["model", "domain"]).groupby("model", sort=False):
+            worse = group[group["ppl_zero_shot"] > group["vocab_size"]]
+            if len(worse):
+                uniform.append(f"{model}'s zero-shot perplexity exceeds its vocabulary size "
+                               f"({int(worse['vocab_size'].iloc[0]):,}) on {len(worse)}/{len(group)} domains: "
+                               "worse than guessing uniformly, so these changes start from a meaningless baseline")
+    if uniform:
+        text += "\n  NOTE: " + "; ".join(uniform) + (
+            ". Real-model numbers: snakemake --cores 2 --configfile presets/smollm2-quick.yaml "
+            "(SmolLM2-135M on real text, about 40 minutes on 2 cores).")
+    return text
 
 
 def newline_headline(results: Path, config: Mapping) -> str | None:

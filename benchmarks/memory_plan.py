@@ -1,6 +1,6 @@
 """The memory plan (analysis/lm/plan.py) against what training really allocates, on CPU.
 
-    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2] [--steps 2]
+    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2 smollm2] [--steps 2]
     .venv/bin/python benchmarks/memory_plan.py --smoke   # a 1-block GPT-2, ZeRO-0 and ZeRO-2 + offload, 2 steps
 
 For each model shape and setting (ZeRO stage, optimizer offload, checkpointing), a fresh process
@@ -35,6 +35,12 @@ SHAPES = {
                         "n_positions": 128}, "context": 128, "micro_batch": 8},
     "gpt2": {"config": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
                         "n_positions": 1024}, "context": 1024, "micro_batch": 1},
+    # SmolLM2-135M (presets/smollm2-quick.yaml: 2 x 512): LLaMA blocks, grouped-query attention, a tied
+    # 49k vocabulary.
+    "smollm2": {"config": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+                           "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                           "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True},
+                "context": 512, "micro_batch": 2},
     "smoke": {"config": {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 256,
                          "n_positions": 32}, "context": 32, "micro_batch": 2},
 }

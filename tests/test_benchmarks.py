@@ -25,7 +25,7 @@ SMOKE = {
     **{name: [PYTHON, f"benchmarks/{name}", "--smoke"] for name in (
         "compare_tables.py", "dag_scale.py", "data_scale.py", "distance_estimators.py", "distance_stage.py",
         "edge_memory.py", "edge_privacy.py", "embedding.py", "federated_api.py", "frechet.py", "gpu_wheels.py",
-        "memory.py", "memory_plan.py", "perplexity.py", "sampling.py", "training.py")},
+        "memory.py", "memory_plan.py", "perplexity.py", "sampling.py", "smollm2_training.py", "training.py")},
     # gpu_check.sh --smoke runs gpu_check.py --smoke (steps 1, 4 and 5 of the script).
     **{name: ["bash", f"benchmarks/{name}", "--smoke"] for name in ("gpu_check.sh", "scheduler.sh")},
 }

@@ -32,6 +32,21 @@ def test_success_summary_lists_outputs_and_reads_headlines_from_the_tables(tmp_p
     assert "python -m analysis show" in text and "snakemake --report report.html" in text
 
 
+def test_a_baseline_worse_than_uniform_and_a_capped_run_are_named_beside_the_headline(tmp_path):
+    results = tmp_path / "results"
+    rows = [{"model": "tiny", "mode": "full", "train_policy": "keep", "domain": d, "ppl_zero_shot": z,
+             "ppl_change": z / 2, "ppl_change_percent": 50.0, "vocab_size": 4096, "max_train_tokens": cap}
+            for d, z, cap in (("a", 27662.0, None), ("b", 300.0, None), ("c", 39624.0, None))]
+    write(results / "tables/perplexity.tsv", rows)
+    text = success_summary(results, {"adaptation": {"join_policy": "keep"}})
+    assert "test perplexity after one epoch" in text
+    assert ("NOTE: tiny's zero-shot perplexity exceeds its vocabulary size (4,096) on 2/3 domains: worse than "
+            "guessing uniformly") in text and "presets/smollm2-quick.yaml" in text
+    write(results / "tables/perplexity.tsv", [{**r, "ppl_zero_shot": 20.0, "max_train_tokens": 12288} for r in rows])
+    text = success_summary(results, {"adaptation": {"join_policy": "keep"}})
+    assert "after at most 12,288 train tokens per run (not one epoch)" in text and "NOTE" not in text
+
+
 def test_failure_summary_quotes_the_end_of_each_failed_jobs_log(tmp_path):
     (tmp_path / "results/logs").mkdir(parents=True)
     (tmp_path / "results/logs/adapt.log").write_text("".join(f"line {i}\n" for i in range(40)) + "ERROR: bad\n")

@@ -114,6 +114,13 @@ def adapt(
         )
     # One order per (model, domain), shared by every mode, so modes differ only in what they train.
     order = epoch_order(len(splits["train"]), derive_seed(seed, "order", model_key, domain))
+    # adaptation.max_train_tokens: the first blocks of that order (a quick run, not one epoch).
+    cap = adaptation.get("max_train_tokens")
+    blocks_available = len(order)
+    if cap is not None:
+        order = order[: max(1, cap // block_size)]
+        log.info("max_train_tokens = %d: training on %d of %d blocks (%.1f%% of the epoch)", cap, len(order),
+                 blocks_available, 100 * len(order) / blocks_available)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(model_spec["dtype"], device)
@@ -204,6 +211,9 @@ def adapt(
         "scheme": scheme.describe(), "delta_parameters": touched if mode != "full" else "all",
         **{k: v for k, v in result.items() if k not in ("deepspeed_config",)},
         "tokens_in_split": {s: int(splits[s].size + dropped[s]) for s in splits},
+        "max_train_tokens": cap,
+        "train_tokens_available": int(blocks_available * block_size),
+        "epoch_fraction": len(order) / blocks_available,
         "tokens_dropped_tail": dropped,
         "tokens_dropped_last_step": int(result["blocks_dropped"] * block_size),
         "precision": precision,

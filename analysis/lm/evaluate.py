@@ -133,10 +133,18 @@ def evaluate(
         "model_path": model_spec["name_or_path"], "weights": None if weights is None else str(weights),
         "split": split, "eval_policy": meta["join_policy"], "window": window, "stride": stride,
         "prefix": prefix, "prefix_token_id": int(prefix_id), "precision": precision, "device": device.type,
+        # A token perplexity above this is worse than guessing uniformly over the vocabulary.
+        "vocab_size": int(model.config.vocab_size),
         **perplexities(nll_sum, scored, counts["words"], counts["bytes"]),
         "mean_nll": nll_sum / scored,
         "tokens_per_second": scored / split_seconds,
     }
+    if weights is not None:
+        # What the adapted model was trained on (adapt's metrics.json, beside its weights): the tables
+        # show it, so a capped run (adaptation.max_train_tokens) is never read as one epoch.
+        trained = json.loads((Path(weights).parent / "metrics.json").read_text(encoding="utf-8"))
+        result.update(train_tokens=trained["tokens_trained"], max_train_tokens=trained.get("max_train_tokens"),
+                      epoch_fraction=trained.get("epoch_fraction", 1.0))
     log.info("%s / %s / %s: %s perplexity %.4f over %d tokens (%.0f tokens/s)", model_key, stage, domain, split,
              result["token_perplexity"], scored, result["tokens_per_second"])
 

@@ -80,7 +80,8 @@ VERBATIM_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 #: ``tokenizer_config.json`` keys that do not change how text is encoded.
 _ENCODING_NEUTRAL_KEYS = {
     "backend", "tokenizer_class", "model_max_length", "clean_up_tokenization_spaces", "model_input_names",
-    "padding_side", "truncation_side", "added_tokens_decoder", "extra_special_tokens",
+    "padding_side", "truncation_side", "added_tokens_decoder", "extra_special_tokens", "is_local",
+    "local_files_only",
     "bos_token", "eos_token", "unk_token", "pad_token", "cls_token", "sep_token", "mask_token",
 }
 

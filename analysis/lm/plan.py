@@ -139,6 +139,13 @@ KNOWN_CONFIGS: dict[str, dict] = {
                             "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
                             "tie_word_embeddings": False},
 }
+# SmolLM2-135M (presets/smollm2-quick-hub.yaml): the shape of the GGUF file's config (the instruct
+# variant's; the base model's differs only in its special tokens' ids).
+KNOWN_CONFIGS["HuggingFaceTB/SmolLM2-135M"] = {
+    "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}, "bos_token_id": 0, "eos_token_id": 0}
 KNOWN_CONFIGS["openai-community/gpt2"] = KNOWN_CONFIGS["gpt2"]
 KNOWN_CONFIGS["openai-community/gpt2-large"] = KNOWN_CONFIGS["gpt2-large"]
 KNOWN_CONFIGS["openai-community/gpt2-xl"] = KNOWN_CONFIGS["gpt2-xl"]
@@ -150,8 +157,13 @@ TO_BE_BUILT: dict[str, dict] = {}
 
 
 def declare_built_models(cfg: Mapping) -> None:
-    """The shapes of the config's models with a ``pretrain`` section (a GPT-2 of that shape)."""
+    """The shapes of the config's models with a ``pretrain`` section (a GPT-2 of that shape) or a GGUF
+    file (its config, read when asked for)."""
     for spec in cfg["models"].values():
+        if "gguf" in spec:
+            from analysis.lm import gguf
+
+            TO_BE_BUILT[spec["name_or_path"]] = {"gguf": str(gguf.resolve(spec["gguf"], "gguf"))}
         if "pretrain" in spec:
             shape = spec["pretrain"]
             TO_BE_BUILT[spec["name_or_path"]] = {
@@ -168,6 +180,10 @@ def model_config(name_or_path: str):
     if Path(name_or_path).is_dir():
         return AutoConfig.from_pretrained(name_or_path)
     known = KNOWN_CONFIGS.get(name_or_path) or TO_BE_BUILT.get(name_or_path)
+    if known and "gguf" in known:
+        from analysis.lm.gguf import cached_hf_config
+
+        return cached_hf_config(known["gguf"])
     if known:
         spec = dict(known)
         return AutoConfig.for_model(spec.pop("model_type"), **spec)
@@ -199,18 +215,22 @@ class Shape:
         return self.trainable / self.total
 
 
-def _build(config, mode: str, scheme_options: Mapping, device: str = "meta", dtype=None):
+def meta_model(config, device: str = "meta", dtype=None):
+    """The causal LM of ``config``, without weights on the meta device (to count and select)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from analysis.selection.schemes import Scheme, apply_scheme
 
     # A model built to be measured draws its weights from a forked generator: the caller's (an adapt
     # job's) random state is left as it was.
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return apply_scheme(model, Scheme.from_config(mode, scheme_options))
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _build(config, mode: str, scheme_options: Mapping, device: str = "meta", dtype=None):
+    from analysis.selection.schemes import Scheme, apply_scheme
+
+    return apply_scheme(meta_model(config, device, dtype), Scheme.from_config(mode, scheme_options))
 
 
 @functools.lru_cache(maxsize=64)

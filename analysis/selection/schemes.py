@@ -214,14 +214,31 @@ def apply_scheme(model: nn.Module, scheme: Scheme) -> nn.Module:
     return model
 
 
-def _apply_lora(model: nn.Module, options: dict) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
+def lora_targets(model: nn.Module, options: dict) -> list[str]:
+    """The configured target_modules that ``model`` has; none is a ``SchemeError``."""
     wanted = options.get("target_modules", ["c_attn", "q_proj", "v_proj"])
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in wanted if t in present]
     if not targets:
         raise SchemeError(f"mode 'lora': none of target_modules {wanted} is a module of {type(model).__name__}")
+    return targets
+
+
+def trained_elements(model: nn.Module, scheme: Scheme) -> int:
+    """Elements ``scheme`` would train on ``model`` (a meta-device model will do); a scheme that cannot
+    apply raises ``SchemeError``. LoRA's adapters are not counted (it is checked without peft, whose
+    import costs seconds): its targets are."""
+    if scheme.mode == "lora":
+        lora_targets(model, scheme.lora)
+        return 1
+    trained = apply_scheme(model, scheme)
+    return sum(p.numel() for p in {id(p): p for p in trained.parameters() if p.requires_grad}.values())
+
+
+def _apply_lora(model: nn.Module, options: dict) -> nn.Module:
+    targets = lora_targets(model, options)
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(r=options.get("rank", 8), lora_alpha=options.get("alpha", 16),
                         lora_dropout=options.get("dropout", 0.0), target_modules=targets,
                         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),

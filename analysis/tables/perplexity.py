@@ -25,6 +25,7 @@ COLUMNS = [
     "ppl_zero_shot", "ppl_adapted", "ppl_change", "ppl_change_percent",
     "word_ppl_zero_shot", "word_ppl_adapted", "byte_ppl_zero_shot", "byte_ppl_adapted",
     "bits_per_byte_zero_shot", "bits_per_byte_adapted", "window", "stride",
+    "train_tokens", "max_train_tokens", "epoch_fraction", "vocab_size",
 ]
 CORRELATION_COLUMNS = [
     "model", "mode", "train_policy", "corpus", "pretraining_corpus", "portion", "distance_estimator", "n", "n_fd",
@@ -62,14 +63,22 @@ def collect(zero_shot: Sequence[str | Path], adapted: Sequence[str | Path]) -> p
             "byte_ppl_zero_shot": z["byte_perplexity"], "byte_ppl_adapted": a["byte_perplexity"],
             "bits_per_byte_zero_shot": z["bits_per_byte"], "bits_per_byte_adapted": a["bits_per_byte"],
             "window": a["window"], "stride": a["stride"],
+            # Evaluations written before the cap existed trained one whole epoch.
+            "train_tokens": a.get("train_tokens"), "max_train_tokens": a.get("max_train_tokens"),
+            "epoch_fraction": a.get("epoch_fraction", 1.0), "vocab_size": z.get("vocab_size"),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def perplexity_table(zero_shot, adapted, tsv, markdown) -> pd.DataFrame:
     frame = collect(zero_shot, adapted)
+    capped = frame["max_train_tokens"].notna().any() if len(frame) else False
+    training = (
+        "adaptation capped at max_train_tokens per run (epoch_fraction: the share of one epoch trained): "
+        "NOT the paper's one-epoch protocol" if capped else "one epoch of adaptation"
+    )
     write_table(frame, tsv, markdown, title=(
-        "Perplexity before (zero-shot) and after one epoch of adaptation; ppl_change = zero-shot - "
+        f"Perplexity before (zero-shot) and after {training}; ppl_change = zero-shot - "
         "adapted (positive: adaptation helped). Token perplexity over every token of the split, word and "
         "byte perplexity of the same total NLL."
     ))

@@ -38,6 +38,33 @@ rule pretrain_base:
         "../scripts/pretrain_base.py"
 
 
+rule convert_gguf:
+    input:
+        gguf=lambda wildcards: gguf_file(wildcards.model),
+    output:
+        model=directory(f"{RESULTS}/models/{{model}}/hf"),
+        # The source file's sha256 and size, its tensor types, the saved dtype, library versions.
+        provenance=f"{RESULTS}/models/{{model}}/gguf.json",
+    log:
+        f"{LOGS}/convert_gguf/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert_gguf/{{model}}.tsv"
+    wildcard_constraints:
+        model=_alternatives(CONVERTED) if CONVERTED else "(?!)",
+    # Every language-model job of the model waits for it.
+    priority: 50
+    conda:
+        "../../envs/adaptation.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, input: resources_lib.convert_gguf_mem_mb(input.gguf),
+        runtime=grows(30),
+    params:
+        dtype=lambda wildcards: gguf_dtype(wildcards.model),
+    script:
+        "../scripts/convert_gguf.py"
+
+
 rule tokenize_domain:
     input:
         model=model_inputs,

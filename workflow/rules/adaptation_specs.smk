@@ -25,6 +25,7 @@ def adapt_spec(wildcards, output, threads):
             for k in (
                 "curve_points",
                 "curve_max_blocks",
+                "max_train_tokens",
                 "seen_first_fraction",
                 "checkpoint_every",
                 "loss",

@@ -19,6 +19,7 @@ from analysis.corpora import demo as demo_lib
 from analysis.corpora import m2d2 as m2d2_lib
 from analysis.corpora import sources as sources_lib
 from analysis.edge import names as edge_names
+from analysis.lm import modes as modes_lib
 from analysis.errors import PipelineError
 
 try:
@@ -27,6 +28,8 @@ try:
         config_lib.load_schema(workflow.source_path("../schemas/config.schema.yaml")),
         source=", ".join(map(str, workflow.configfiles)) or "config",
     )
+    # A mode that cannot train anything on a model stops here, before any job runs.
+    modes_lib.check_modes(config)
 except PipelineError as exc:
     raise WorkflowError(f"invalid configuration:\n{exc}") from None
 
@@ -38,6 +41,7 @@ CORPORA = list(config["corpora"])
 SIMILARITY = config["similarity"]
 MODELS = list(config["models"])
 PRETRAINED = [name for name, spec in config["models"].items() if "pretrain" in spec]
+CONVERTED = [name for name, spec in config["models"].items() if "gguf" in spec]
 ADAPTATION = config["adaptation"]
 MODES = ADAPTATION["modes"]
 ADAPTATION_DOMAINS = list(config["domains"]["adaptation"])
@@ -184,10 +188,26 @@ def token_files(model, train_policy, domain):
 
 
 def model_inputs(wildcards):
-    """The model directory a job loads, when the pipeline builds it (pretrain_base)."""
+    """The model directory a job loads, when the pipeline builds it (pretrain_base) or converts it
+    (convert_gguf)."""
     if wildcards.model in PRETRAINED:
         return [f"{RESULTS}/models/{wildcards.model}/metrics.json"]
+    if wildcards.model in CONVERTED:
+        return [f"{RESULTS}/models/{wildcards.model}/gguf.json"]
     return []
+
+
+def gguf_file(model):
+    """The GGUF file a converted model comes from (checked when the config was validated)."""
+    from analysis.lm import gguf
+
+    return str(gguf.resolve(config["models"][model]["gguf"], f"models.{model}.gguf"))
+
+
+def gguf_dtype(model):
+    """The converted weights' dtype: the model's training dtype, float32 for auto."""
+    dtype = config["models"][model]["dtype"]
+    return "float32" if dtype == "auto" else dtype
 
 
 def grows(minutes):
