@@ -135,8 +135,8 @@ def check_adaptation() -> dict:
     from analysis.config import schema_defaults
 
     section = schema_defaults("adaptation")
-    adaptation = {k: section[k] for k in ("curve_points", "curve_max_blocks", "seen_first_fraction",
-                                          "checkpoint_every", "loss", "plan")}
+    adaptation = {k: section[k] for k in ("curve_points", "curve_max_blocks", "max_train_tokens",
+                                          "seen_first_fraction", "checkpoint_every", "loss", "plan")}
     adaptation["checkpoint_every"] = 10**9
     return adaptation
 

@@ -211,11 +211,15 @@ def evaluated(tmp_path_factory):
     spec = {"name_or_path": str(model_dir), "context_length": 32, "dtype": "auto"}
     evaluation = {"split": "test", "window": None, "stride": None, "batch_size": 4,
                   "token_level": {"splits": ["train", "test"], "chunks": 5, "chunk_tokens": 64}}
+    # What adapt's metrics.json says the adapted model was trained on: a capped run.
+    (root / "metrics.json").write_text(json.dumps({"tokens_trained": 256, "max_train_tokens": 256,
+                                                   "epoch_fraction": 0.25}))
     runs = {}
-    for stage, weights in (("zero_shot", None), ("bias", root / "weights")):
+    for stage, weights, trained in (("zero_shot", None, None), ("bias", root / "weights", root / "metrics.json")):
         runs[stage] = evaluate(model_key="tiny", model_spec=spec, stage=stage, domain="dom", portion="wiki",
                                tokens=tokens, tokens_metadata=meta, output_json=root / f"{stage}.json",
-                               output_npz=root / f"{stage}.npz", evaluation=evaluation, seed=1, weights=weights)
+                               output_npz=root / f"{stage}.npz", evaluation=evaluation, seed=1, weights=weights,
+                               adapt_metrics=trained)
     return root, runs, json.loads(meta.read_text()), split_text
 
 
@@ -237,6 +241,9 @@ def test_evaluation_records_what_it_scored(evaluated):
     assert zero["token_level"]["train"] == {**zero["token_level"]["train"], "chunks": 5, "chunk_tokens": 64,
                                             "tokens_scored": 5 * 63}
     assert json.loads((root / "zero_shot.json").read_text())["stage"] == "zero_shot"
+    assert "train_tokens" not in zero and zero["vocab_size"] > 0
+    assert {k: runs["bias"][k] for k in ("train_tokens", "max_train_tokens", "epoch_fraction")} == {
+        "train_tokens": 256, "max_train_tokens": 256, "epoch_fraction": 0.25}
 
 
 def test_adapted_model_is_scored_on_the_same_chunks_and_differs(evaluated):

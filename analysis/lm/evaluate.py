@@ -90,10 +90,12 @@ def evaluate(
     seed: int,
     train_policy: str | None = None,
     weights: str | Path | None = None,
+    adapt_metrics: str | Path | None = None,
     threads: int = 1,
 ) -> dict:
     """Score ``domain``'s evaluation split with the base model (``weights`` None, rule zero_shot) or an
-    adapted one (``weights``: a saved model or a delta, rule evaluate).
+    adapted one (``weights``: a saved model or a delta, rule evaluate; ``adapt_metrics``, its adapt
+    job's metrics.json, adds what it was trained on: tokens, the cap, the share of an epoch).
 
     Writes ``output_json`` (token, word and byte perplexity over ``evaluation.split`` by strided
     windows, with what was scored and how fast) and ``output_npz`` (token-level NLL of seeded disjoint
@@ -139,10 +141,10 @@ def evaluate(
         "mean_nll": nll_sum / scored,
         "tokens_per_second": scored / split_seconds,
     }
-    if weights is not None:
-        # What the adapted model was trained on (adapt's metrics.json, beside its weights): the tables
-        # show it, so a capped run (adaptation.max_train_tokens) is never read as one epoch.
-        trained = json.loads((Path(weights).parent / "metrics.json").read_text(encoding="utf-8"))
+    if adapt_metrics is not None:
+        # What the adapted model was trained on (its adapt job's metrics.json): the tables show it, so
+        # a capped run (adaptation.max_train_tokens) is never read as one epoch.
+        trained = json.loads(Path(adapt_metrics).read_text(encoding="utf-8"))
         result.update(train_tokens=trained["tokens_trained"], max_train_tokens=trained.get("max_train_tokens"),
                       epoch_fraction=trained.get("epoch_fraction", 1.0))
     log.info("%s / %s / %s: %s perplexity %.4f over %d tokens (%.0f tokens/s)", model_key, stage, domain, split,

@@ -9,6 +9,7 @@ with rule_log(snakemake.log[0]):
         tokens=snakemake.input.tokens,
         tokens_metadata=snakemake.input.metadata,
         weights=snakemake.input.get("weights"),
+        adapt_metrics=snakemake.input.get("adapted"),
         output_json=snakemake.output.json,
         output_npz=snakemake.output.npz,
         threads=snakemake.threads,
