@@ -1,11 +1,33 @@
-"""A training process for tests/test_lm.py's data-parallel test (importable, so spawn can start it)."""
+"""Processes for the multi-rank tests (importable, so spawn can start them)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import numpy as np
 import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def linger_and_close(rank: int, port: int, lingering_rank: int) -> None:
+    """One collective, then every rank ends, ``lingering_rank`` half a second after the others."""
+    import torch.distributed as dist
+
+    from analysis.lm.train import close_process_group
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.all_reduce(torch.ones(1000))
+    if rank == lingering_rank:
+        time.sleep(0.5)
+    close_process_group()
+    assert not dist.is_initialized()
 
 
 def train_rank(rank: int, world: int, port: int, model_dir: str, output: str, micro_batch: int, checkpoints: str,
@@ -13,7 +35,7 @@ def train_rank(rank: int, world: int, port: int, model_dir: str, output: str, mi
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from analysis.lm.models import load_causal_lm
-    from analysis.lm.train import TrainSettings, train
+    from analysis.lm.train import TrainSettings, close_process_group, train
 
     torch.set_num_threads(1)
     model = load_causal_lm(model_dir)
@@ -35,3 +57,4 @@ def train_rank(rank: int, world: int, port: int, model_dir: str, output: str, mi
 
         with open(f"{output}.memory.json", "w") as f:
             json.dump(result["memory"], f)
+    close_process_group()

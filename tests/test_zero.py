@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS
 from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2
+from tests.distributed_worker import free_port
 from tests.test_lm import ADAPTATION, MODEL_SPEC, domain_tokens  # noqa: F401  (a fixture)
 
 #: Largest weight difference from ZeRO-0 after 6 steps at lr 1e-3: ZeRO reduces and steps flat fp32
@@ -49,12 +49,6 @@ OPTIONS = {"sparse": {"n_bias_update": 1, "weight_update": {"-1.mlp.c_fc": 0.5}}
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "hf")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build(model_dir, mode="full"):

@@ -156,6 +156,24 @@ def distributed_defaults() -> dict[str, str]:
     return defaults
 
 
+def close_process_group() -> None:
+    """End a training process's part in its process group: wait for every rank, then close the group.
+
+    Call once, when the process has nothing left to do. A gloo process that exits with its group
+    open while a peer is still connected can abort ("terminate called without an active exception",
+    SIGABRT): a two-rank CI run failed that way after its outputs were written, and 2 of 8 exits
+    did here without this call (tests/test_lm.py keeps it). Ranks other than 0 wait at the barrier
+    while rank 0 writes the outputs: within torch's 30-minute default collective timeout.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def skip_shm_comm_op(world: int) -> bool:
     """Keep DeepSpeed from compiling its shared-memory communication op for a one-process CPU run.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from analysis.lm.adapt import adapt  # noqa: E402
+from analysis.lm.train import close_process_group  # noqa: E402
 from analysis.runner import rule_log  # noqa: E402
 
 spec = json.loads(sys.argv[-1])
@@ -18,3 +19,4 @@ rank = int(os.environ.get("RANK", "0"))
 log = spec.pop("log")
 with rule_log(log if rank == 0 else f"{log}.rank{rank}"):
     adapt(**spec)
+    close_process_group()
