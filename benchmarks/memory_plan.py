@@ -1,7 +1,7 @@
 """The memory plan (analysis/lm/plan.py) against what training really allocates, on CPU.
 
-    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2 smollm2] [--steps 2]
-    .venv/bin/python benchmarks/memory_plan.py --smoke   # a 1-block GPT-2, ZeRO-0 and ZeRO-2 + offload, 2 steps
+    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2 smollm2] [--steps 2] [--zero-stages 3]
+    .venv/bin/python benchmarks/memory_plan.py --smoke   # a 1-block GPT-2, ZeRO-0, ZeRO-2 + offload, ZeRO-3, 2 steps
 
 For each model shape and setting (ZeRO stage, optimizer offload, checkpointing), a fresh process
 trains a randomly initialised model of that shape for a few steps through analysis.lm.train.train
@@ -84,13 +84,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["demo", "gpt2"], choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--zero-stages", type=int, nargs="+", choices=[0, 2, 3],
+                        help="only the settings of these ZeRO stages (default: all six settings)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--smoke", action="store_true", help="the smoke shape, ZeRO-0 and ZeRO-2 + offload, 2 steps")
+    parser.add_argument("--smoke", action="store_true", help="the smoke shape, ZeRO-0, ZeRO-2 + offload and ZeRO-3, 2 steps")
     args = parser.parse_args()
-    settings = SETTINGS
+    settings = [s for s in SETTINGS if args.zero_stages is None or s["zero_stage"] in args.zero_stages]
     if args.smoke:
         args.shapes, args.steps = ["smoke"], 2
-        settings = [{"zero_stage": 0}, {"zero_stage": 2, "offload_optimizer": True}]
+        settings = [{"zero_stage": 0}, {"zero_stage": 2, "offload_optimizer": True}, {"zero_stage": 3}]
     if args.child:
         spec = json.loads(args.child)
         child(spec["model_dir"], spec["setting"], spec["context"], spec["micro_batch"], args.steps)
@@ -134,6 +136,9 @@ def main() -> None:
                                                  measured.get("reduce_bucket_bytes", 0)),
                     "peak resident (VmHWM)": (est.host_bytes, measured["peak_resident_bytes"]),
                 }
+                if s.zero_stage == 3:  # measured in the second step, once DeepSpeed has traced the order
+                    pairs["gathered at the end of forward"] = (states["device"]["gathered weights"],
+                                                               measured["gathered_bytes_after_forward"])
                 if s.offload_optimizer and s.zero_stage < 3:
                     pairs["offload copy buffers, device + host"] = (
                         states["device"]["offload copies"] + states["host"]["offload copies"],

@@ -54,6 +54,8 @@ def test_model_states_equal_what_deepspeed_allocates(tiny_model, tmp_path, setti
     assert where["weights"] == measured["parameter_partition_bytes"]
     # ZeRO-1/2's gradient buffers, as DeepSpeed's optimizer sizes them.
     assert states["device"]["reduce bucket"] == measured.get("reduce_bucket_bytes", 0)
+    if setting.zero_stage == 3:  # under R / 2 parameters every tensor stays whole from forward to backward
+        assert states["device"]["gathered weights"] == measured["gathered_bytes_after_forward"] > 0
     if setting.offload_optimizer:
         assert states["device"]["AdamW moments"] == 0 and states["host"]["AdamW moments"] > 0
     if setting.offload_optimizer and setting.zero_stage == 2:

@@ -19,7 +19,7 @@ import torch
 from analysis.errors import PipelineError
 from analysis.lm.adapt import adapt
 from analysis.lm.models import apply_delta, load_causal_lm
-from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS
+from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
 from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2
@@ -219,7 +219,8 @@ def test_deepspeed_config_carries_offload_and_refuses_what_deepspeed_cannot_run(
                                             offload_parameters=True), pin_memory=True)
     assert config["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
                                            "offload_param": {"device": "cpu", "pin_memory": True},
-                                           "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS}
+                                           "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS,
+                                           "stage3_max_reuse_distance": ZERO3_REUSE_DISTANCE}
     with pytest.raises(PipelineError, match="offload_optimizer needs zero_stage 1, 2 or 3"):
         deepspeed_config(TrainSettings(learning_rate=1e-3, offload_optimizer=True))
     with pytest.raises(PipelineError, match="offload_parameters needs zero_stage 3"):

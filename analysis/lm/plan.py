@@ -6,8 +6,9 @@ training precision, 2 for bfloat16 and 4 for float32, N data-parallel processes)
 allocates, as read from its optimizers (``analysis.lm.train.partition_bytes`` records it per run):
 
 ================  =====================================================================
-weights           P w; ZeRO-3: P w / N, plus the gathered working set of the largest
-                  layers (2 x the largest layer); parameter offload moves P w / N to the host
+weights           P w; ZeRO-3: P w / N, plus the whole tensors gathered from the partitions and
+                  kept for reuse: min(P, R / 2 + 2 x the largest layer) w, R =
+                  ``ZERO3_REUSE_DISTANCE``; parameter offload moves P w / N to the host
 gradients         T w; ZeRO-2/3: T w / N; ZeRO-2 with optimizer offload keeps none on the device
                   (each gradient goes from the reduction bucket to the host's fp32 partition)
 reduce bucket     ZeRO-1/2: ``REDUCE_BUCKET_ELEMENTS`` x w, allocated at every backward whatever the
@@ -95,6 +96,15 @@ DEFAULT_UTILISATION = 0.35
 #: overlap_comm, which stages 1-2 leave off). DeepSpeed's default, written into every run's config
 #: (``analysis.lm.train.deepspeed_config``) so that the plan and the run agree.
 REDUCE_BUCKET_ELEMENTS = 500_000_000
+#: ZeRO-3's ``stage3_max_reuse_distance`` (parameters; DeepSpeed's default, written into every ZeRO-3
+#: run's config): once the first step has traced the module order, a gathered parameter is released
+#: after its module's forward only if the trace reaches no further use of it within R parameters.
+#: A block's next use is its backward, 2 x (the parameters after it) away, so the blocks in the last
+#: R / 2 parameters of the forward stay whole until their backward: a model under R / 2 parameters
+#: (GPT-2 small, SmolLM2-135M) holds every tensor whole at the peak, on top of its partitions
+#: (measured: benchmarks/memory_plan.py, row "gathered at the end of forward"); OLMo-1B and LLaMA-7B
+#: hold about R / 2 (modelled from DeepSpeed's release rule, not measured here).
+ZERO3_REUSE_DISTANCE = 1_000_000_000
 #: AdamW updates per second of DeepSpeed's CPU Adam on the host: measured 1.8e9/s on this 2-core
 #: machine over 100 M fp32 parameters (benchmarks/training.py --adam-parameters 100000000; torch's
 #: foreach AdamW: 2.5e8/s); taken as 1e9/s for a node whose memory bandwidth other jobs share.
@@ -391,14 +401,14 @@ def state_bytes(shape: Shape, setting: Setting, precision: str, processes: int =
     w = 2 if precision == "bfloat16" else 4
     zero = stage >= 1
     weights = P * w / (N if stage == 3 else 1)
-    gathered = 2 * shape.largest_layer * w if stage == 3 else 0
+    gathered = min(P, ZERO3_REUSE_DISTANCE // 2 + 2 * shape.largest_layer) * w if stage == 3 else 0
     gradients = T * w / (N if stage >= 2 else 1)
     bucket = REDUCE_BUCKET_ELEMENTS * w if stage in (1, 2) else 0
     master = 4 * T / (N if zero else 1) if (w != 4 or zero) else 0
     # bf16: DeepSpeed's fp32 gradient accumulation; offload: the fp32 gradient partition on the host.
     gradients32 = 4 * T / (N if zero else 1) if (w != 4 or setting.offload_optimizer) else 0
     moments = 8 * T / (N if zero else 1)
-    device = {"weights": 0.0 if setting.offload_parameters else weights, "gathered layers": gathered,
+    device = {"weights": 0.0 if setting.offload_parameters else weights, "gathered weights": gathered,
               "gradients": gradients, "reduce bucket": bucket, "fp32 master": master, "fp32 gradients": gradients32,
               "AdamW moments": moments}
     host = {"weights": weights if setting.offload_parameters else 0.0}

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from analysis.errors import PipelineError
 from analysis.io import write_json
 from analysis.lm.loss import forward_loss
-from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, check_zero_settings
+from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE, check_zero_settings
 from analysis.runner import job_settings
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
 
@@ -107,6 +107,8 @@ def deepspeed_config(settings: TrainSettings, world_size: int = 1, pin_memory: b
     """The DeepSpeed config of a run; ``pin_memory`` (page-locked host buffers for offload) on GPUs."""
     check_zero_settings(settings.zero_stage, settings.offload_optimizer, settings.offload_parameters)
     zero: dict = {"stage": settings.zero_stage, "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS}
+    if settings.zero_stage == 3:
+        zero["stage3_max_reuse_distance"] = ZERO3_REUSE_DISTANCE
     if settings.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     if settings.offload_parameters:
@@ -174,21 +176,22 @@ def close_process_group() -> None:
     dist.destroy_process_group()
 
 
-def skip_shm_comm_op(world: int) -> bool:
-    """Keep DeepSpeed from compiling its shared-memory communication op for a one-process CPU run.
+def skip_shm_comm_op() -> bool:
+    """Keep DeepSpeed from compiling its shared-memory communication op for a CPU run.
 
     On the CPU accelerator DeepSpeed's communication backend JIT-compiles ``deepspeed_shm_comm`` at
     ``initialize`` (33 s on 2 idle cores, about a minute under load, once per machine and torch
-    version): an all-reduce between the ranks of one node through shared memory. One process has no
-    peer to reduce with, and without the op the backend uses torch.distributed (gloo) as it does
-    wherever the op is unavailable. DeepSpeed reads which ops it may build from
-    ``deepspeed.ops.__compatible_ops__``, a dict probed once per process. True when skipped.
+    version). The op serves only ``inference_all_reduce``, the all-reduce of tensor-parallel
+    layers (``deepspeed.module_inject``), and only when the launcher sets ``LOCAL_SIZE``; data-
+    parallel training and ZeRO reduce through torch.distributed (gloo) whether it is built or not.
+    DeepSpeed reads which ops it may build from ``deepspeed.ops.__compatible_ops__``, a dict probed
+    once per process. True when skipped.
     """
     # DeepSpeed is imported where it runs: its import costs about a second and probes the C
     # toolchain, which the jobs and tools that only read this module's settings should not pay.
     import deepspeed
 
-    if world != 1 or deepspeed.get_accelerator().device_name() != "cpu":
+    if deepspeed.get_accelerator().device_name() != "cpu":
         return False
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return True
@@ -287,7 +290,7 @@ def _train(model, blocks, order, eval_sets, settings, *, checkpoint_dir, fingerp
     import deepspeed
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    skip_shm_comm_op(world)
+    skip_shm_comm_op()
     checkpoint_dir = Path(checkpoint_dir)
     per_step = settings.micro_batch_size * settings.gradient_accumulation_steps * world
     total_steps = len(order) // per_step
@@ -371,6 +374,10 @@ def _train(model, blocks, order, eval_sets, settings, *, checkpoint_dir, fingerp
                     saved = meter.result()
                 else:
                     loss = forward_loss(engine, batch, settings.loss, module=engine.module)
+                    if settings.zero_stage == 3 and "gathered_bytes_after_forward" not in state["memory"]:
+                        # The first step traced the module order; from the second on, ZeRO-3 keeps
+                        # whole the tensors it will reuse soon (ZERO3_REUSE_DISTANCE): what it holds now.
+                        state["memory"]["gathered_bytes_after_forward"] = gathered_bytes(engine.module)
                 engine.backward(loss)
                 engine.step()
             state["train_seconds"] += time.perf_counter() - start
@@ -504,6 +511,15 @@ def peak_resident_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def gathered_bytes(module) -> int:
+    """Bytes of ``module``'s ZeRO-3 parameters that are whole (gathered from their partitions) now."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    unique = {id(p): p for p in module.parameters()}.values()  # a tied head counts once
+    return int(sum(p.ds_numel * p.element_size() for p in unique
+                   if getattr(p, "ds_status", None) == ZeroParamStatus.AVAILABLE))
 
 
 def _memory_record(engine, optimizer, params, saved: dict, settings: TrainSettings, block_size: int) -> dict:
