@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import numpy as np
 import torch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def linger_and_close(rank: int, port: int, lingering_rank: int) -> None:

@@ -234,7 +234,8 @@ def test_two_data_parallel_processes_match_one_with_the_same_global_batch(tiny_m
     neither compiles DeepSpeed's shared-memory op (it serves tensor-parallel inference only)."""
     import torch.multiprocessing as mp
 
-    from tests.distributed_worker import free_port, train_rank
+    from analysis.lm.train import free_port
+    from tests.distributed_worker import train_rank
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # an empty cache
     mp.spawn(train_rank, args=(2, free_port(), str(tiny_model), str(tmp_path / "two.pt"), 2, str(tmp_path / "c2")),
@@ -251,7 +252,8 @@ def test_ranks_that_close_their_process_group_exit_cleanly_in_either_order():
     """Without close_process_group, 2 of 8 such exits aborted (SIGABRT) here, and a CI run failed so."""
     import torch.multiprocessing as mp
 
-    from tests.distributed_worker import free_port, linger_and_close
+    from analysis.lm.train import free_port
+    from tests.distributed_worker import linger_and_close
 
     for lingering_rank in (0, 1, 0, 1):
         mp.spawn(linger_and_close, args=(free_port(), lingering_rank), nprocs=2)

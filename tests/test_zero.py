@@ -20,10 +20,9 @@ from analysis.errors import PipelineError
 from analysis.lm.adapt import adapt
 from analysis.lm.models import apply_delta, load_causal_lm
 from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
-from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, train
+from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, free_port, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2
-from tests.distributed_worker import free_port
 from tests.test_lm import ADAPTATION, MODEL_SPEC, domain_tokens  # noqa: F401  (a fixture)
 
 #: Largest weight difference from ZeRO-0 after 6 steps at lr 1e-3: ZeRO reduces and steps flat fp32

@@ -147,14 +147,19 @@ def curve_steps(total_steps: int, points: int) -> list[int]:
     return sorted({round(i * total_steps / (points - 1)) for i in range(points)})
 
 
+def free_port() -> int:
+    """A TCP port free on this host now, so parallel jobs (or test ranks) on one node do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def distributed_defaults() -> dict[str, str]:
     """Single-process values of the variables the deepspeed launcher would set (those it did set are
     kept: ``job_settings`` sets defaults only)."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:  # a free port, so parallel jobs on one node do not collide
-            s.bind(("127.0.0.1", 0))
-            defaults["MASTER_PORT"] = str(s.getsockname()[1])
+        defaults["MASTER_PORT"] = str(free_port())
     return defaults
 
 
