@@ -16,6 +16,7 @@ Snakemake start, to refuse a missing, truncated or unsupported file before any j
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -253,7 +254,11 @@ def convert(path: str | Path, output_dir: str | Path, provenance: str | Path, *,
     log.info("converting %s (%s, %s tensors, %.1f M parameters) to %s", path, header.architecture,
              header.quantization, header.parameters / 1e6, dtype)
     quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    config = hf_config(path)
+    # The quantized model's config is hf_config's (parsing the file again would cost seconds), but for
+    # its quantization_config and the dtype it was loaded in.
+    config = copy.deepcopy(quantized.config)
+    config.__dict__.pop("quantization_config", None)
+    config.dtype = None
     with torch.random.fork_rng(devices=[]):  # the initial weights are all overwritten below
         plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     result = plain.load_state_dict(quantized.state_dict(), strict=False)
