@@ -289,3 +289,22 @@ def test_one_cpu_process_trains_without_compiling_the_shared_memory_op(tiny_mode
     assert "steps 11" in out.stdout
     built = list((tmp_path / "extensions").rglob("*")) if (tmp_path / "extensions").exists() else []
     assert not built, built
+
+
+def test_one_zero0_process_skips_deepspeeds_gradient_reduction_and_gets_the_same_weights(tiny_model, tmp_path,
+                                                                                         monkeypatch):
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    import analysis.lm.train as train_module
+
+    reductions = []
+    original = DeepSpeedEngine.allreduce_gradients
+    monkeypatch.setattr(DeepSpeedEngine, "allreduce_gradients",
+                        lambda self, *a, **k: (reductions.append(1), original(self, *a, **k))[1])
+    skipped = run(tiny_model, "full", tmp_path / "skipped")
+    assert reductions == []
+    monkeypatch.setattr(train_module, "reduces_gradients", lambda world, stage: True)  # DeepSpeed's default
+    reduced = run(tiny_model, "full", tmp_path / "reduced")
+    assert len(reductions) == reduced["steps"] * 2  # once per micro-batch's backward (2 per step)
+    a, b = dict(skipped["module"].named_parameters()), dict(reduced["module"].named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -323,6 +323,7 @@ def _train(model, blocks, order, eval_sets, settings, *, checkpoint_dir, fingerp
     effective = (engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps())
     if effective != (settings.micro_batch_size, settings.gradient_accumulation_steps):
         raise PipelineError(f"DeepSpeed changed the batch settings {ds_config} to {effective}")
+    engine.enable_backward_allreduce = reduces_gradients(world, settings.zero_stage)
     device = engine.device
     if device.type == "cuda":  # the record's peak is the training's, not what ran before in the process
         torch.cuda.reset_peak_memory_stats(device)
@@ -429,6 +430,14 @@ def _train(model, blocks, order, eval_sets, settings, *, checkpoint_dir, fingerp
         "module": module,  # the trained module (None under ZeRO-3: its parameters are partitioned)
         "state_dict": state_dict,  # under ZeRO-3, on rank 0: the whole trained tensors
     }
+
+
+def reduces_gradients(world: int, zero_stage: int) -> bool:
+    """Whether DeepSpeed's engine reduces gradients after backward. One process under ZeRO-0 has
+    nothing to reduce, yet DeepSpeed would flatten every gradient into a new buffer (T w bytes),
+    average it over one process and copy it back: the same gradients, bit for bit (tested), for a
+    pass over all of them each step. ZeRO-1/2/3 move gradients into their partitions there."""
+    return world > 1 or zero_stage > 0
 
 
 def make_optimizer(params: list, settings: TrainSettings):
