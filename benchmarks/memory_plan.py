@@ -1,6 +1,6 @@
 """The memory plan (analysis/lm/plan.py) against what training really allocates, on CPU.
 
-    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2 smollm2] [--steps 2] [--zero-stages 3]
+    .venv/bin/python benchmarks/memory_plan.py [--shapes demo gpt2 smollm2] [--steps 2] [--zero-stages 3] [--repeats 3]
     .venv/bin/python benchmarks/memory_plan.py --smoke   # a 1-block GPT-2, ZeRO-0, ZeRO-2 + offload, ZeRO-3, 2 steps
 
 For each model shape and setting (ZeRO stage, optimizer offload, checkpointing), a fresh process
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["demo", "gpt2"], choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="fresh processes per setting; the peak is their median, with the range beside it")
     parser.add_argument("--zero-stages", type=int, nargs="+", choices=[0, 2, 3],
                         help="only the settings of these ZeRO stages (default: all six settings)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -115,12 +118,23 @@ def main() -> None:
             for setting in settings:
                 payload = json.dumps({"model_dir": str(model_dir), "setting": setting,
                                       "context": shape_spec["context"], "micro_batch": shape_spec["micro_batch"]})
-                out = subprocess.run([sys.executable, __file__, "--child", payload, "--steps", str(args.steps)],
-                                     capture_output=True, text=True, cwd=REPO)
-                line = next((l for l in out.stdout.splitlines() if l.startswith("RECORD ")), None)
-                if line is None:
-                    raise SystemExit(f"{name} {setting}: child failed\n{out.stderr[-3000:]}")
-                measured = json.loads(line[len("RECORD "):])
+                runs = []
+                for _ in range(args.repeats):
+                    out = subprocess.run([sys.executable, __file__, "--child", payload, "--steps", str(args.steps)],
+                                         capture_output=True, text=True, cwd=REPO)
+                    line = next((l for l in out.stdout.splitlines() if l.startswith("RECORD ")), None)
+                    if line is None:
+                        raise SystemExit(f"{name} {setting}: child failed\n{out.stderr[-3000:]}")
+                    runs.append(json.loads(line[len("RECORD "):]))
+                peaks = sorted(r["peak_resident_bytes"] for r in runs)
+                # The allocator reuses freed blocks differently from process to process: the peak
+                # varies between runs, what DeepSpeed allocates and autograd saves should not.
+                varying = sorted(k for k in runs[0] if not k.startswith("peak_resident_bytes")
+                                 and any(r.get(k) != runs[0][k] for r in runs))
+                if varying:
+                    print(f"{name} {setting}: {', '.join(varying)} differ between runs", file=sys.stderr)
+                measured = {**runs[0], "peak_resident_bytes": statistics.median(peaks)}
+                spread = f"{peaks[0] / 1e6:,.0f}-{peaks[-1] / 1e6:,.0f}" if len(peaks) > 1 else ""
                 s = plan.Setting(**setting)
                 est = plan.plan_model(str(model_dir), "full", {}, micro_batch=shape_spec["micro_batch"],
                                       context=shape_spec["context"], dtype="float32", loss="model", target=target,
@@ -145,12 +159,13 @@ def main() -> None:
                         sum(measured["offload_copy_bytes"].values()))
                     pairs["fp32 gradient partition"] = (where["fp32 gradients"], measured["fp32_gradient_bytes"])
                 for what, (planned, got) in pairs.items():
-                    rows.append((name, s.describe(), what, planned, got))
-    print("| shape | setting | quantity | plan MB | measured MB | plan / measured |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
-    for name, setting, what, planned, got in rows:
+                    rows.append((name, s.describe(), what, planned, got, spread if what.startswith("peak") else ""))
+    print(f"{args.repeats} fresh process(es) per setting, {args.steps} steps each; the peak is their median\n")
+    print("| shape | setting | quantity | plan MB | measured MB | range over runs MB | plan / measured |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for name, setting, what, planned, got, spread in rows:
         ratio = f"{planned / got:.3f}" if got else ("1.000" if not planned else "-")
-        print(f"| {name} | {setting} | {what} | {planned / 1e6:,.1f} | {got / 1e6:,.1f} | {ratio} |")
+        print(f"| {name} | {setting} | {what} | {planned / 1e6:,.1f} | {got / 1e6:,.1f} | {spread or '-'} | {ratio} |")
 
 
 if __name__ == "__main__":
