@@ -20,7 +20,7 @@ from analysis.corpora import catalogue
 from analysis.corpora import demo as demo_corpus
 from analysis.corpora.m2d2 import available_domains
 from analysis.errors import ConfigError
-from analysis.lm.plan import check_zero_settings
+from analysis.lm.zero import check_zero_settings
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 

@@ -13,6 +13,7 @@ from analysis import config as config_lib
 from analysis.cli import main as cli
 from analysis.errors import ConfigError, PipelineError
 from analysis.lm import plan
+from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS
 from tests.builders import save_tiny_gpt2
 from tests.test_lm import domain_tokens  # noqa: F401  (a fixture)
 
@@ -83,7 +84,7 @@ def test_bfloat16_zero2_states_are_deepspeeds_own_estimate_and_the_reduce_bucket
     """DeepSpeed's estimator counts the model states (2 P + 18 P / N; with offload 2 P on the device),
     not the reduction bucket (1 GB in bfloat16) nor offload's copies of the largest tensor."""
     shape = plan.model_shape("gpt2")
-    bucket = plan.REDUCE_BUCKET_ELEMENTS * 2
+    bucket = REDUCE_BUCKET_ELEMENTS * 2
     for processes in (1, 4):
         ours = plan.state_bytes(shape, plan.Setting(2), "bfloat16", processes)["device"]
         theirs = plan.deepspeed_estimate(shape, plan.Setting(2), processes)["device"]
@@ -98,7 +99,7 @@ def test_bfloat16_zero2_states_are_deepspeeds_own_estimate_and_the_reduce_bucket
 def test_seven_billion_parameters_fit_one_80gb_gpu_only_with_offload():
     """Full AdamW of LLaMA-7B: 2 + 2 + 4 + 4 + 8 bytes per parameter without offload (135 GB)."""
     shape = plan.model_shape("huggyllama/llama-7b")
-    bucket = plan.REDUCE_BUCKET_ELEMENTS * 2
+    bucket = REDUCE_BUCKET_ELEMENTS * 2
     states = plan.state_bytes(shape, plan.Setting(0), "bfloat16")
     assert sum(states["device"].values()) / 1e9 == pytest.approx(20 * shape.total / 1e9, rel=1e-6)
     offloaded = plan.state_bytes(shape, plan.Setting(2, offload_optimizer=True), "bfloat16")
@@ -143,7 +144,7 @@ def test_plan_command_prints_every_setting_and_the_cheapest_that_fits(tiny_model
     assert cli(["plan", str(path), "--gpus", "1", "--gpu-memory-gb", "0.001", "--tokens", "5000000"]) == 0
     text = capsys.readouterr().out
     assert "cheapest that fits: none" in text
-    assert "5.0 M training tokens (--tokens, 19,531 optimizer steps): about" in text and "runtime=" in text
+    assert "5.0 M training tokens (--tokens, 19,531 optimizer steps, 1 checkpoint written): about" in text and "runtime=" in text
 
 
 def test_adapt_refuses_a_setting_that_does_not_fit_before_loading_weights(tiny_model, domain_tokens, tmp_path,
@@ -193,7 +194,18 @@ def test_rule_plan_writes_the_plan_and_stops_a_setting_that_does_not_fit(tiny_mo
     cfg["adaptation"]["gpus"] = 1
     record = plan.write_plan(cfg, "tiny", tmp_path / "ok.json", tmp_path / "ok.md")
     assert set(record["modes"]) == set(cfg["adaptation"]["modes"]) and record["target"]["device"] == "cuda"
-    assert "| ZeRO-3 + offload optimizer | " in (tmp_path / "ok.md").read_text()
+    markdown = (tmp_path / "ok.md").read_text()
+    assert "| ZeRO-3 + offload optimizer | " in markdown
+    # The config's curve points (3: one inner point), not a default of the Markdown function's.
+    assert cfg["adaptation"]["curve_points"] == 3 and cfg["adaptation"]["checkpoint_every"] == 0
+    assert "checkpoints are written at the 1 inner curve point " in markdown and "training tokens" not in markdown
+    cfg["adaptation"].update(max_train_tokens=64 * 100, checkpoint_every=7)
+    plan.write_plan(cfg, "tiny", tmp_path / "capped.json", tmp_path / "capped.md")
+    capped = (tmp_path / "capped.md").read_text()
+    steps = 6400 // record["tokens_per_step"]
+    assert "every 7 optimizer steps" in capped
+    assert (f"(adaptation.max_train_tokens, at most, {steps:,} optimizer steps, "
+            f"{plan.checkpoints_written(steps, 3, 7)} checkpoints written)") in capped
     cfg["adaptation"]["plan"]["gpu_memory_gb"] = 1  # less than the 2 GB the plan keeps free
     with pytest.raises(PipelineError) as error:
         plan.write_plan(cfg, "tiny", tmp_path / "small.json", tmp_path / "small.md")

@@ -19,7 +19,7 @@ import torch
 from analysis.errors import PipelineError
 from analysis.lm.adapt import adapt
 from analysis.lm.models import apply_delta, load_causal_lm
-from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
+from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
 from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, free_port, train
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2

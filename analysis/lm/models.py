@@ -184,3 +184,16 @@ def apply_delta(model, delta_dir: str | Path):
     if result.unexpected_keys:
         raise PipelineError(f"{delta_dir}: delta keys not in the model: {result.unexpected_keys[:3]}")
     return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Hugging Face activation checkpointing of every block (non-reentrant, so frozen inputs work)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise PipelineError(f"gradient_checkpointing: {type(base).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    base.config.use_cache = False

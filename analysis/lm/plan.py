@@ -71,6 +71,7 @@ from typing import Iterable, Mapping
 from analysis.errors import PipelineError
 from analysis.io import write_json
 from analysis.lm.models import ModelLoadError, _local_only, _offline_message
+from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE, check_zero_settings
 
 # torch, transformers and DeepSpeed, and the project modules that import torch at their top (schemes,
 # loss, train, memory; train also imports this module), are imported inside the functions that
@@ -91,38 +92,10 @@ GPU_PEAK_FLOPS = {"a100": 312e12, "h100": 989e12, "h200": 989e12, "l40s": 362e12
 #: Fraction of the peak an adaptation job reaches (stated assumption; benchmarks/gpu_check.py
 #: measures it on a GPU).
 DEFAULT_UTILISATION = 0.35
-#: DeepSpeed's gradient reduction bucket (elements): ZeRO-1/2 allocate one on the device at every
-#: backward, in the training precision, whatever the model's size (``setup_buckets``; two with
-#: overlap_comm, which stages 1-2 leave off). DeepSpeed's default, written into every run's config
-#: (``analysis.lm.train.deepspeed_config``) so that the plan and the run agree.
-REDUCE_BUCKET_ELEMENTS = 500_000_000
-#: ZeRO-3's ``stage3_max_reuse_distance`` (parameters; DeepSpeed's default, written into every ZeRO-3
-#: run's config): once the first step has traced the module order, a gathered parameter is released
-#: after its module's forward only if the trace reaches no further use of it within R parameters.
-#: A block's next use is its backward, 2 x (the parameters after it) away, so the blocks in the last
-#: R / 2 parameters of the forward stay whole until their backward: a model under R / 2 parameters
-#: (GPT-2 small, SmolLM2-135M) holds every tensor whole at the peak, on top of its partitions
-#: (measured: benchmarks/memory_plan.py, row "gathered at the end of forward"); OLMo-1B and LLaMA-7B
-#: hold about R / 2 (modelled from DeepSpeed's release rule, not measured here).
-ZERO3_REUSE_DISTANCE = 1_000_000_000
 #: AdamW updates per second of DeepSpeed's CPU Adam on the host: measured 1.8e9/s on this 2-core
 #: machine over 100 M fp32 parameters (benchmarks/training.py --adam-parameters 100000000; torch's
 #: foreach AdamW: 2.5e8/s); taken as 1e9/s for a node whose memory bandwidth other jobs share.
 HOST_ADAM_PARAMS_PER_S = 1e9
-
-
-def check_zero_settings(stage, offload_optimizer: bool, offload_parameters: bool, where: str = "",
-                        error: type[Exception] = PipelineError) -> None:
-    """The ZeRO stage / offload combinations DeepSpeed runs; anything else is one line naming the keys."""
-    prefix = f"{where}: " if where else ""
-    if stage not in (0, 1, 2, 3):
-        raise error(f"{prefix}zero_stage = {stage!r}; expected 0, 1, 2 or 3")
-    if offload_optimizer and stage == 0:
-        raise error(f"{prefix}offload_optimizer needs zero_stage 1, 2 or 3 (it offloads ZeRO's "
-                    "optimizer partition), not 0")
-    if offload_parameters and stage != 3:
-        raise error(f"{prefix}offload_parameters needs zero_stage 3 (only stage 3 partitions the "
-                    f"parameters), not {stage}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,7 +263,7 @@ def saved_bytes_at_depth(config, layers: int, mode: str, scheme_options: Mapping
     import torch
 
     from analysis.lm.loss import forward_loss
-    from analysis.lm.train import enable_gradient_checkpointing
+    from analysis.lm.models import enable_gradient_checkpointing
     from analysis.selection.memory import SavedTensorMeter
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
@@ -741,9 +714,11 @@ def _gb(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
-def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points: int = 5,
-                  checkpoint_every: int = 0) -> str:
-    """The plan of one model as Markdown: shape, activations, every candidate, the verdict."""
+def plan_markdown(record: Mapping, train_tokens: int | None, curve_points: int, checkpoint_every: int) -> str:
+    """The plan of one model as Markdown: shape, activations, every candidate, the verdict.
+
+    ``curve_points`` and ``checkpoint_every`` are the config's (adaptation.*); with ``train_tokens``
+    (tokens of one run) it adds the run's steps, checkpoints, runtime and job resources."""
     target = record["target"]
     where = (f"{target['processes']} x GPU of {target['device_memory_bytes'] / GB:.0f} GB, "
              f"{target['peak_flops'] / 1e12:.0f} TFLOP/s bf16 peak at {target['utilisation']:.0%}"
@@ -763,18 +738,22 @@ def plan_markdown(record: Mapping, train_tokens: int | None = None, curve_points
                   f"{_gb(ck.total / GB)} GB with",
                   f"- checkpoint: {_gb(plan['checkpoint_bytes'] / GB)} GB each (weights and optimizer state; the disk "
                   f"holds two while one is written); outputs {_gb(plan['output_bytes'] / GB)} GB"]
+        inner = max(curve_points - 2, 0)
         cadence = (f"every {checkpoint_every} optimizer steps" if checkpoint_every
-                   else f"at each of the {max(curve_points - 2, 0)} inner curve points")
+                   else f"at the {inner} inner curve point{'' if inner == 1 else 's'}")
         lines.append(f"- checkpoints are written {cadence} (adaptation.checkpoint_every, curve_points); the "
                      "newest replaces the one before")
         if train_tokens:
             steps = train_tokens // max(1, record["tokens_per_step"])
             resources = job_resources(record, mode, train_tokens, steps)
             seconds = record_runtime_seconds(record, mode, train_tokens, steps)
+            written = checkpoints_written(steps, curve_points, checkpoint_every)
             speed = (f"at {target['utilisation']:.0%} of {target['peak_flops'] / 1e12:.0f} TFLOP/s"
                      if target["device"] == "cuda" else f"at {CPU_FLOPS / 1e9:.0f} GFLOP/s on CPU")
             lines.append(f"- {train_tokens / 1e6:,.1f} M training tokens ({record.get('tokens_source', 'given')}, "
-                         f"{steps:,} optimizer steps): about {seconds / 3600:,.2f} h {speed} with the configured "
+                         f"{steps:,} optimizer steps, {written} checkpoint{'' if written == 1 else 's'} written): "
+                         "about "
+                         f"{seconds / 3600:,.2f} h {speed} with the configured "
                          f"setting; its adapt job asks for mem_mb={resources['mem_mb']}, "
                          f"runtime={resources['runtime']} min, disk_mb={resources['disk_mb']}")
         lines += ["", "| setting | device GB | host GB | activations GB "
@@ -807,8 +786,14 @@ def write_plan(cfg: Mapping, model_key: str, json_path: str | Path, markdown_pat
 
         load_cpu_adam()
     record = plan_record(cfg, model_key, target, modes)
+    # The job runs before any domain is tokenised: the training tokens of a run are known only when
+    # adaptation.max_train_tokens caps them (`python -m analysis plan` reads them from token files).
+    cap = cfg["adaptation"]["max_train_tokens"]
+    if cap is not None:
+        record["tokens_source"] = "adaptation.max_train_tokens, at most"
     write_json(json_path, record)
-    Path(markdown_path).write_text(plan_markdown(record))
+    Path(markdown_path).write_text(plan_markdown(record, cap, cfg["adaptation"]["curve_points"],
+                                                 cfg["adaptation"]["checkpoint_every"]))
     log = logging.getLogger(__name__)
     for mode, plan in record["modes"].items():
         log.info("%s / %s: configured %s: %.2f GB device, %.2f GB host (%s); cheapest that fits: %s", model_key,

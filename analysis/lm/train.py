@@ -39,7 +39,8 @@ from tqdm import tqdm
 from analysis.errors import PipelineError
 from analysis.io import write_json
 from analysis.lm.loss import forward_loss
-from analysis.lm.plan import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE, check_zero_settings
+from analysis.lm.models import enable_gradient_checkpointing
+from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE, check_zero_settings
 from analysis.runner import job_settings
 from analysis.selection.memory import SavedTensorMeter, optimizer_state_bytes
 
@@ -450,19 +451,6 @@ def make_optimizer(params: list, settings: TrainSettings):
 
     return cpu_adam_class()(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
                             adamw_mode=True)
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """Hugging Face activation checkpointing of every block (non-reentrant, so frozen inputs work)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
-    if not getattr(base, "supports_gradient_checkpointing", False):
-        raise PipelineError(f"gradient_checkpointing: {type(base).__name__} does not support it")
-    kwargs = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    base.config.use_cache = False
 
 
 def numel(p: torch.Tensor) -> int:
