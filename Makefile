@@ -47,9 +47,10 @@ test: $(STAMP)
 test-shuffled: $(STAMP)
 	$(MAKE) test TEST_ORDER_SEED=$(or $(TEST_ORDER_SEED),random)
 
-# The tests that do not run Snakemake (not marked integration): about a third of `make test`.
+# The fast tier: the tests that neither run Snakemake (integration) nor start training, job or
+# benchmark processes (slow). `make test` runs every tier.
 test-unit: $(STAMP)
-	$(PYTEST) -m "not integration"
+	$(PYTEST) -m "not integration and not slow"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

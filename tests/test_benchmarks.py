@@ -80,12 +80,14 @@ def test_every_benchmark_script_has_a_smoke_test():
         assert "--smoke" in (BENCHMARKS / name).read_text(), f"{name} does not document --smoke"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_benchmark_smoke(name):
     result = run(name, SMOKE[name])
     check_tables(name, result.stdout)
 
 
+@pytest.mark.integration  # reads the demo run, which runs Snakemake
 def test_demo_profile_smoke(demo_run):
     workdir, _ = demo_run
     # The run's own log is the directory's first (named by start time): tests that read the run may run

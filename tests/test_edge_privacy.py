@@ -86,6 +86,7 @@ class FlowerRecords(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.slow
 def test_flower_fedavg_is_the_example_weighted_mean_of_the_client_updates(digits, caplog):
     """One round, one full-batch local step: the global model must be the weighted mean we compute."""
     train = ImageSet(digits.train.images[:30], digits.train.labels[:30], digits.train.classes)
@@ -228,6 +229,7 @@ def test_metrics():
     assert leakage.match(truth[[2, 0, 1]], truth).tolist() == [1, 2, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", leakage.METHODS)
 def test_one_image_is_recovered_without_defense_and_not_through_pruning(digits, method):
     x, y = digits.test.images[3:4], digits.test.labels[3:4]

@@ -65,6 +65,7 @@ def test_embed_sample_writes_npy_and_metadata(tmp_path):
     assert meta["truncated_texts"] == 1 and meta["normalized"] == "l2"
 
 
+@pytest.mark.slow
 def test_unknown_model_offline_gives_instructions(tmp_path):
     code = textwrap.dedent(
         """
@@ -119,6 +120,7 @@ def test_iter_units_reads_units_across_row_groups_and_skips_completed_ones(tmp_p
     assert list(embedding.iter_units(parquet, 100)) == [(0, texts)]
 
 
+@pytest.mark.slow
 def test_a_demo_sized_sample_gives_the_bytes_of_embed_texts(tmp_path, model):
     """One unit: the batches of embed_texts over the whole sample, so the demo's embeddings are
     those written before units existed (np.save of embed_texts' array)."""
@@ -135,6 +137,7 @@ def test_a_demo_sized_sample_gives_the_bytes_of_embed_texts(tmp_path, model):
     assert not (tmp_path / "state" / "e").exists()
 
 
+@pytest.mark.slow
 def test_units_match_encode_and_prefetching_changes_nothing(tmp_path, model):
     texts = sample_texts(40, seed=1)
     parquet = write_sample(tmp_path / "s.parquet", texts)
@@ -146,6 +149,7 @@ def test_units_match_encode_and_prefetching_changes_nothing(tmp_path, model):
     assert [(u, n, t.input_ids) for u, n, t in plain] == [(u, n, t.input_ids) for u, n, t in ahead]
 
 
+@pytest.mark.slow
 def test_a_failed_job_leaves_no_output_and_the_rerun_resumes(tmp_path, monkeypatch):
     texts = sample_texts(60, seed=2)
     parquet = write_sample(tmp_path / "s.parquet", texts, row_group_size=16)
@@ -171,6 +175,7 @@ def test_a_failed_job_leaves_no_output_and_the_rerun_resumes(tmp_path, monkeypat
     assert not (tmp_path / "state/e").exists()
 
 
+@pytest.mark.slow
 def test_changed_settings_or_input_start_again(tmp_path, monkeypatch):
     parquet = write_sample(tmp_path / "s.parquet", sample_texts(30, seed=3))
     encode = embedding.encode_tokens
@@ -207,6 +212,7 @@ embed_sample(parquet=sys.argv[1], output=sys.argv[2], metadata=sys.argv[3], mode
 """
 
 
+@pytest.mark.slow
 def test_a_job_killed_mid_corpus_resumes_to_the_same_bytes(tmp_path):
     import signal
     import time

@@ -229,6 +229,7 @@ def test_auto_sparse_budget_below_the_cheapest_scheme_is_named(tiny_model, domai
               adaptation=ADAPTATION, seed=1)
 
 
+@pytest.mark.slow
 def test_two_data_parallel_processes_match_one_with_the_same_global_batch(tiny_model, tmp_path, monkeypatch):
     """What `deepspeed --num_gpus 2` runs, on CPU with gloo: ranks take disjoint micro-batches, and
     neither compiles DeepSpeed's shared-memory op (it serves tensor-parallel inference only)."""
@@ -248,6 +249,7 @@ def test_two_data_parallel_processes_match_one_with_the_same_global_batch(tiny_m
     assert not built, built
 
 
+@pytest.mark.slow
 def test_ranks_that_close_their_process_group_exit_cleanly_in_either_order():
     """Without close_process_group, 2 of 8 such exits aborted (SIGABRT) here, and a CI run failed so."""
     import torch.multiprocessing as mp
@@ -275,6 +277,7 @@ def test_resumable_tag_survives_a_latest_file_left_empty_by_a_kill(tmp_path):
     assert resumable_tag(tmp_path) == "step00000010"
 
 
+@pytest.mark.slow
 def test_one_cpu_process_trains_without_compiling_the_shared_memory_op(tiny_model, tmp_path):
     # A fresh process with an empty extension cache: the first DeepSpeed initialize would compile
     # deepspeed_shm_comm there (33 s on 2 cores) if train() did not skip it on the CPU.

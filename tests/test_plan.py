@@ -36,6 +36,7 @@ def test_parameters_of_the_paper_models_need_no_hub():
 
 @pytest.mark.parametrize("setting", [plan.Setting(0), plan.Setting(2), plan.Setting(2, offload_optimizer=True),
                                      plan.Setting(3, True, True)], ids=lambda s: s.describe())
+@pytest.mark.slow
 def test_model_states_equal_what_deepspeed_allocates(tiny_model, tmp_path, setting):
     from analysis.lm.models import load_causal_lm
     from analysis.lm.train import TrainSettings, train

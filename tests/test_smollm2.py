@@ -33,6 +33,10 @@ from tests.conftest import SMOLLM2_GGUF
 from tests.test_tokenize import whole_text_stream
 from tests.workflow import snakemake
 
+# Each test reads the real SmolLM2 model (converted once per session, ~30 s) or runs Snakemake on it:
+# make test-unit leaves them out.
+pytestmark = pytest.mark.slow
+
 SHARED = REPO.parent / "shared" / "data" / "realtext"
 #: Real English nobody on the team wrote: the opening of Darwin's introduction to On the Origin of
 #: Species (1859, public domain).

@@ -98,6 +98,7 @@ def test_streamed_tokens_equal_whole_text_tokenisation(tokenizers, tmp_path, fam
         assert cuts == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "olmo", "llama", "llama-metaspace"])
 def test_cuts_are_safe_on_many_random_texts(tokenizers, family):
     """The property behind the rule, on many more texts than the file test: any cut the rule allows

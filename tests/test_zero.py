@@ -19,11 +19,15 @@ import torch
 from analysis.errors import PipelineError
 from analysis.lm.adapt import adapt
 from analysis.lm.models import apply_delta, load_causal_lm
-from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
 from analysis.lm.train import TrainingInterrupted, TrainSettings, deepspeed_config, free_port, train
+from analysis.lm.zero import REDUCE_BUCKET_ELEMENTS, ZERO3_REUSE_DISTANCE
 from analysis.selection.schemes import Scheme, apply_scheme
 from tests.builders import save_tiny_gpt2
 from tests.test_lm import ADAPTATION, MODEL_SPEC, domain_tokens  # noqa: F401  (a fixture)
+
+# Every test here trains through DeepSpeed's ZeRO engine, several in spawned ranks: make test-unit
+# leaves them out.
+pytestmark = pytest.mark.slow
 
 #: Largest weight difference from ZeRO-0 after 6 steps at lr 1e-3: ZeRO reduces and steps flat fp32
 #: partitions and CPU Adam runs its own kernel, so the float32 sums differ in order (measured
@@ -140,6 +144,7 @@ logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {repo!r})
 from tests.test_zero import run
 import torch
+
 result = run({model!r}, {checkpoints!r}, **json.loads({setting!r}))
 torch.save(result["state_dict"], {output!r})
 """
