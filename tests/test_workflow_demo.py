@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from analysis.corpora import catalogue
 from tests.builders import REPO
 from tests.workflow import snakemake
 
@@ -19,13 +20,22 @@ pytestmark = pytest.mark.integration
 
 def test_demo_dag_produces_every_sample(demo_run):
     workdir, configfile = demo_run
+    import json
+
+    from analysis.corpora.sampling import domain_sample_size
+
     cfg = yaml.safe_load(configfile.read_text())
+    sampling = cfg["sampling"]
     for domain in cfg["domains"]["adaptation"]:
         table = pq.read_table(workdir / f"results/samples/domains/{domain}.parquet")
-        assert table.num_rows == 100 and set(table.column_names) == {"text", "split", "source_index"}
-        assert (workdir / f"results/samples/domains/{domain}.json").is_file()
+        record = json.loads((workdir / f"results/samples/domains/{domain}.json").read_text())
+        expected = domain_sample_size(record["n_available"], sampling["domain_fraction"], sampling["domain_max_texts"],
+                                      sampling["domain_min_texts"])
+        assert table.num_rows == record["n_sampled"] == expected
+        assert set(table.column_names) == {"text", "split", "source_index"}
         assert (workdir / f"results/logs/sample_domain/{domain}.log").is_file()
-    assert pq.read_table(workdir / "results/samples/sources/webtext.parquet").num_rows == 300
+    sources = pq.read_table(workdir / "results/samples/sources/webtext.parquet")
+    assert sources.num_rows == cfg["corpora"]["webtext"]["n_texts"]
     assert (workdir / "resources/demo/m2d2/math.AG.tar.gz").is_file()
 
 
@@ -53,14 +63,15 @@ def test_demo_base_model_and_adaptation_in_every_mode(demo_run):
     cfg = yaml.safe_load(configfile.read_text())
     base = json.loads((workdir / "results/models/tiny-gpt2/metrics.json").read_text())
     assert base["heldout_perplexity"] < base["unigram_perplexity"] / 3  # it learnt its corpus
+    assert set(cfg["adaptation"]["modes"]) == {"full", "sparse"}  # the checks below compare the two
     for domain in cfg["domains"]["adaptation"]:
         memory = {}
-        for mode in ("full", "sparse"):
+        for mode in cfg["adaptation"]["modes"]:
             run = workdir / f"results/adapted/tiny-gpt2/keep/{mode}/{domain}"
             metrics = json.loads((run / "metrics.json").read_text())
             assert metrics["steps"] > 0 and metrics["final"]["valid_loss"] < metrics["initial"]["valid_loss"]
             memory[mode] = json.loads((run / "memory.json").read_text())["saved_for_backward_bytes"]
-            assert len((run / "curves.tsv").read_text().splitlines()) == 1 + 3
+            assert len((run / "curves.tsv").read_text().splitlines()) == 1 + cfg["adaptation"]["curve_points"]
         assert memory["sparse"] < memory["full"]
         assert (workdir / f"results/adapted/tiny-gpt2/keep/full/{domain}/weights/model.safetensors").is_file()
         assert (workdir / f"results/adapted/tiny-gpt2/keep/sparse/{domain}/weights/delta.safetensors").is_file()
@@ -74,15 +85,18 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     import pandas as pd
 
     workdir, configfile = demo_run
-    domains = yaml.safe_load(configfile.read_text())["domains"]["adaptation"]
+    cfg = yaml.safe_load(configfile.read_text())
+    domains, modes = cfg["domains"]["adaptation"], cfg["adaptation"]["modes"]
     results = workdir / "results"
     table = pd.read_csv(results / "tables/perplexity.tsv", sep="\t")
-    ablation = yaml.safe_load(configfile.read_text())["adaptation"]["join_ablation"]
-    assert len(table) == 2 * len(domains) + 2 * len(ablation["domains"])
-    table = table[table["train_policy"] == "keep"]
-    assert len(table) == 2 * len(domains) and set(table["mode"]) == {"full", "sparse"}
+    ablation = cfg["adaptation"]["join_ablation"]
+    other_policies = [p for p in ablation["policies"] if p != cfg["adaptation"]["join_policy"]]
+    assert len(table) == len(modes) * len(domains) + len(other_policies) * len(ablation["domains"])
+    table = table[table["train_policy"] == cfg["adaptation"]["join_policy"]]
+    assert len(table) == len(modes) * len(domains) and set(table["mode"]) == set(modes)
     np.testing.assert_allclose(table["ppl_change"], table["ppl_zero_shot"] - table["ppl_adapted"])
-    assert (table["eval_policy"] == "keep").all() and (table["window"] == 32).all()
+    window = cfg["evaluation"].get("window") or cfg["models"]["tiny-gpt2"]["context_length"]
+    assert (table["eval_policy"] == "keep").all() and (table["window"] == window).all()
     # The S2ORC-like demo domains are far from the base model's corpus: one epoch helps a lot there.
     assert (table.loc[(table["mode"] == "full") & (table["portion"] == "s2orc"), "ppl_change"] > 0).all()
     zero = json.loads((results / "eval/tiny-gpt2/zero_shot/hep-ex.json").read_text())
@@ -94,7 +108,9 @@ def test_demo_perplexity_tables_and_figures(demo_run):
     # policies in mode full (its one S2ORC domain: portions all and s2orc), each with the plug-in and the
     # corrected distances.
     assert set(correlation["portion"]) == {"all", "wiki", "s2orc"}
-    assert len(correlation) == (2 * 3 + 2 * 2) * 2, correlation[["train_policy", "mode", "portion"]]
+    ablation_portions = 1 + len({catalogue.portion(d) for d in ablation["domains"]})  # "all" and theirs
+    rows = (len(modes) * 3 + len(other_policies) * ablation_portions) * 2  # x 2 distance estimators
+    assert len(correlation) == rows, correlation[["train_policy", "mode", "portion"]]
     overall = correlation[(correlation["portion"] == "all") & (correlation["train_policy"] == "keep")]
     assert (overall["n"] == len(domains)).all() and overall["pretraining_corpus"].all()
     plugin, corrected = (overall[overall["distance_estimator"] == e] for e in ("plugin", "corrected"))
@@ -105,12 +121,12 @@ def test_demo_perplexity_tables_and_figures(demo_run):
 
     summary = pd.read_csv(results / "tables/tokens/tiny-gpt2/full/summary.tsv", sep="\t")
     assert len(summary) == 2 * len(domains) and set(summary["split"]) == {"train", "test"}
-    assert (summary["chunks"] == 4).all()
+    assert (summary["chunks"] == cfg["evaluation"]["token_level"]["chunks"]).all()
     np.testing.assert_allclose(summary["whitespace_share"] + summary["other_share"], 1.0)
     per_token = pd.read_csv(results / "tables/tokens/tiny-gpt2/sparse/hep-ex.tsv", sep="\t", keep_default_na=False)
     assert per_token.groupby("split")["change_share"].sum().round(6).eq(1.0).all()
     for figure in ("perplexity_change", "tokens", "curves"):
-        for mode in ("full", "sparse"):
+        for mode in modes:
             assert (results / f"figures/{figure}_tiny-gpt2_{mode}.png").stat().st_size > 10_000
 
 
@@ -125,7 +141,7 @@ def test_demo_join_policy_ablation(demo_run):
     results = workdir / "results"
     table = pd.read_csv(results / "tables/join_policy.tsv", sep="\t")
     assert len(table) == len(ablation["policies"]) * len(ablation["domains"])
-    assert set(table["train_policy"]) == {"keep", "strip", "paragraph"} and (table["eval_policy"] == "keep").all()
+    assert set(table["train_policy"]) == set(ablation["policies"]) and (table["eval_policy"] == "keep").all()
     np.testing.assert_allclose(table["nll_change_whitespace"] + table["nll_change_other"], table["nll_change_total"])
     # The 'keep' run is the main grid's full run, computed once.
     main = pd.read_csv(results / "tables/perplexity.tsv", sep="\t").query("mode == 'full' and train_policy == 'keep'")
@@ -186,17 +202,22 @@ def test_demo_edge_stages(demo_run):
 
     import pandas as pd
 
+    from analysis import config as config_lib
+
     workdir, configfile = demo_run
-    edge = yaml.safe_load(configfile.read_text())["edge"]
+    edge = config_lib.load(configfile)["edge"]  # with the schema's defaults
     table = pd.read_csv(workdir / "results/edge/tables/transfer.tsv", sep="\t")
-    methods = [*edge["transfer"]["modes"], "sparse@16KiB", "sparse@64KiB"]
+    budgets = edge["sparse"]["budgets_kib"]
+    methods = [*edge["transfer"]["modes"], *(f"sparse@{b}KiB" for b in budgets)]
     assert list(dict.fromkeys(table["method"])) == methods
-    assert set(table["batch_size"]) == {1, 8} and len(table) == 2 * len(methods)
+    batches = edge["transfer"]["memory_batch_sizes"]
+    assert set(table["batch_size"]) == set(batches) and len(table) == len(batches) * len(methods)
+    assert 8 in batches  # the checks below read the rows at batch size 8
     at8 = table[table["batch_size"] == 8].set_index("method")
     assert at8.loc["full", "extra_ratio_full"] == 1
     assert at8.loc["bias", "extra_kib"] < at8.loc["lite_residual", "extra_kib"] < at8.loc["full", "extra_kib"]
     assert at8.loc["full", "test_accuracy"] > 0.5  # three classes
-    for budget in (16, 64):  # each scheme found fits its budget at the search's batch size
+    for budget in budgets:  # each scheme found fits its budget at the search's batch size
         assert at8.loc[f"sparse@{budget}KiB", "extra_kib"] <= budget
     layers = pd.read_csv(workdir / "results/edge/tables/memory_layers.tsv", sep="\t")
     assert layers["match"].all(), layers[~layers["match"]]  # the frugal layers keep what the rules say
@@ -209,10 +230,11 @@ def test_demo_edge_stages(demo_run):
 def test_demo_federated_and_leakage_stages(demo_run):
     import pandas as pd
 
-    workdir, _ = demo_run
+    workdir, configfile = demo_run
+    section = yaml.safe_load(configfile.read_text())["edge"]["federated"]
     federated = pd.read_csv(workdir / "results/edge/tables/federated.tsv", sep="\t")
-    assert set(federated["partition"]) == {"iid", "dirichlet"}
-    assert sorted(federated["round"].unique()) == [0, 1, 2]
+    assert set(federated["partition"]) == set(section["partitions"])
+    assert sorted(federated["round"].unique()) == list(range(section["rounds"] + 1))
     leakage = pd.read_csv(workdir / "results/edge/tables/leakage.tsv", sep="\t")
     # no laplacian job: its strength list is empty
     assert list(dict.fromkeys(leakage["defense"])) == ["none", "gaussian", "prune"]
@@ -227,13 +249,16 @@ def test_demo_federated_and_leakage_stages(demo_run):
 def test_demo_compression_stages(demo_run):
     import pandas as pd
 
-    workdir, _ = demo_run
+    workdir, configfile = demo_run
+    section = yaml.safe_load(configfile.read_text())["edge"]["compression"]
     table = pd.read_csv(workdir / "results/edge/tables/compression.tsv", sep="\t")
     assert table.iloc[0]["family"] == "reference" and table.iloc[0]["compression_ratio"] == 1
     quantized = table[table["family"] == "k-means quantization"]
+    assert section["quantization"]["kmeans_bits"] == [2]
     assert len(quantized) == 1 and quantized.iloc[0]["compression_ratio"] > 3  # 2-bit weights
-    assert len(table[table["family"] == "distillation"]) == 2  # labels only, T=4
+    # Labels only, then one student per temperature.
+    assert len(table[table["family"] == "distillation"]) == 1 + len(section["distillation"]["temperatures"])
     sensitivity = pd.read_csv(workdir / "results/edge/tables/sensitivity.tsv", sep="\t")
-    assert set(sensitivity["sparsity"]) == {0.5}
+    assert set(sensitivity["sparsity"]) == set(section["pruning"]["scan_sparsities"])
     for figure in ("compression", "sensitivity"):
         assert (workdir / f"results/edge/figures/{figure}.png").stat().st_size > 10_000
